@@ -1,0 +1,3 @@
+from llm_consumer.cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""Lifespan of the service: one owner for every resource, opened in order and closed in reverse.
+
+`run_service` connects to the broker and Redis, declares the topology, builds the providers and
+the consumer, serves until SIGTERM/SIGINT (or `stop` is set), then drains and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from llm_consumer.auth import TokenVerifier
+from llm_consumer.bus.consumer import Consumer, ConsumerConfig
+from llm_consumer.bus.publisher import Publisher
+from llm_consumer.bus.topology import Topology, build_topology
+from llm_consumer.handlers.base import Deps
+from llm_consumer.providers.base import TextProvider
+from llm_consumer.settings import Settings
+from llm_consumer.store.jobs import JobLedger
+from llm_consumer.store.keys import Keys
+
+log = structlog.get_logger("llm_consumer.app")
+
+HEARTBEAT_EVERY_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    connection: AbstractRobustConnection
+    channel: AbstractChannel  # publishing, with confirms and returns raised
+    hub: AbstractExchange
+    dead_letter_exchange: AbstractExchange
+    topology: Topology
+
+
+async def declare_topology(channel: AbstractChannel, topology: Topology) -> tuple[
+        AbstractExchange, AbstractExchange]:
+    """Declare the exchanges, queues and bindings the service owns (idempotent)."""
+    hub = await channel.declare_exchange(topology.hub_exchange, aio_pika.ExchangeType.TOPIC,
+                                         durable=True)
+    dlx = await channel.declare_exchange(topology.dead_letter_exchange,
+                                         aio_pika.ExchangeType.TOPIC, durable=True)
+    exchanges = {topology.hub_exchange: hub, topology.dead_letter_exchange: dlx}
+    for spec in topology.queues:
+        queue = await channel.declare_queue(spec.name, durable=True,
+                                            arguments=spec.arguments)  # type: ignore[arg-type]
+        for exchange, key in spec.bindings:
+            await queue.bind(exchanges[exchange], routing_key=key)
+    return hub, dlx
+
+
+@asynccontextmanager
+async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
+    connection = await aio_pika.connect_robust(
+        str(settings.message_hub_url),
+        client_properties={"connection_name": f"llm-consumer {settings.instance_id}"},
+    )
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        topology = build_topology(settings.queue_prefix, settings.hub_exchange)
+        hub, dlx = await declare_topology(channel, topology)
+        yield Broker(connection, channel, hub, dlx, topology)
+    finally:
+        await connection.close()
+
+
+def build_text_provider(settings: Settings) -> TextProvider:
+    if settings.openai_api_key is not None:
+        from llm_consumer.providers.openai_text import OpenAITextProvider
+
+        return OpenAITextProvider(
+            settings.openai_api_key.get_secret_value(),
+            base_url=str(settings.openai_base_url) if settings.openai_base_url else None,
+            model=settings.openai_model,
+            timeout_s=settings.openai_request_timeout,
+        )
+    from llm_consumer.providers.local import LocalTextProvider
+
+    return LocalTextProvider(settings.local_model_path, n_threads=settings.local_model_threads)
+
+
+async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
+                      ready: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(open_broker(settings))
+        redis = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        stack.push_async_callback(redis.aclose)
+        ledger = JobLedger(redis, Keys(settings.redis_prefix), instance_id=settings.instance_id,
+                           result_ttl_s=settings.result_ttl_s, lease_s=settings.lease_s)
+        stack.push_async_callback(ledger.retire)
+        await ledger.heartbeat()
+        text = build_text_provider(settings)
+        stack.push_async_callback(text.aclose)
+        consumer = Consumer(
+            config=ConsumerConfig(
+                source=settings.event_source,
+                max_message_bytes=settings.max_message_bytes,
+                max_attempts=settings.max_attempts,
+                request_deadline_s=settings.request_deadline_s,
+                shutdown_grace_s=settings.shutdown_grace_s,
+                work_queue=broker.topology.work.name,
+            ),
+            publisher=Publisher(broker.channel, broker.hub, broker.topology,
+                                broker.dead_letter_exchange),
+            ledger=ledger,
+            verifier=TokenVerifier(settings.secret,
+                                   audience=settings.jwt_audience, issuer=settings.jwt_issuer,
+                                   leeway_s=settings.jwt_leeway_s),
+            deps=Deps(text=text),
+        )
+        await _subscribe(broker, consumer, settings)
+        beats = asyncio.create_task(_beat(ledger, consumer, settings))
+        log.info("service.ready", instance=settings.instance_id, queue=broker.topology.work.name,
+                 text_provider=text.name, concurrency=settings.concurrency)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("service.stopping", in_flight=consumer.in_flight)
+        await consumer.drain()
+        beats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beats
+    log.info("service.stopped")
+
+
+async def _subscribe(broker: Broker, consumer: Consumer, settings: Settings) -> None:
+    """A dedicated consuming channel whose prefetch bounds concurrency."""
+    channel = await broker.connection.channel(publisher_confirms=False)
+    await channel.set_qos(prefetch_count=settings.effective_prefetch)
+    work = await channel.get_queue(broker.topology.work.name)
+    await consumer.subscribe(work)
+    control_spec = broker.topology.control_queue(settings.instance_id)
+    control = await channel.declare_queue(control_spec.name, exclusive=True, auto_delete=True)
+    for _, key in control_spec.bindings:
+        await control.bind(broker.topology.hub_exchange, routing_key=key)
+    await consumer.subscribe(control, exclusive=True)
+
+
+async def _beat(ledger: JobLedger, consumer: Consumer, settings: Settings) -> None:
+    """Keep this instance's liveness lease fresh and, when asked, a liveness file for probes."""
+    health = Path(settings.health_file) if settings.health_file else None
+    while True:
+        redis_ok = await ledger.heartbeat()
+        if health is not None:
+            health.write_bytes(orjson.dumps({
+                "time": time.time(), "instance": settings.instance_id,
+                "status": "ok" if redis_ok else "degraded",
+                "in_flight": consumer.in_flight, "processed": consumer.stats.processed,
+            }))
+        await asyncio.sleep(min(HEARTBEAT_EVERY_S, settings.lease_s / 3))

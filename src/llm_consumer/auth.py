@@ -1,0 +1,119 @@
+"""JWT verification of the `authorization` message header, and minting for the CLI injector.
+
+HS256 only (pinned: a token naming any other algorithm, `none` included, is refused), `exp`
+required, `nbf`/`iat` honoured with a small leeway, `aud`/`iss` checked when configured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import jwt
+
+from llm_consumer.errors import Forbidden, Unauthorized
+
+ALGORITHM = "HS256"
+BEARER = "bearer "
+MAX_TOKEN_LENGTH = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    permissions: frozenset[str]
+
+    def allows(self, permission: str) -> bool:
+        return permission in self.permissions
+
+
+@dataclass(frozen=True, slots=True)
+class TokenVerifier:
+    secret: str
+    audience: str | None = None
+    issuer: str | None = None
+    leeway_s: int = 30
+
+    def verify_header(self, headers: Mapping[str, object]) -> Principal:
+        """Check the `authorization: Bearer <JWT>` header; raise Unauthorized when it fails."""
+        raw = _header(headers, "authorization")
+        if raw is None:
+            raise Unauthorized("missing authorization header")
+        if not raw.lower().startswith(BEARER):
+            raise Unauthorized("authorization header is not a Bearer token")
+        token = raw[len(BEARER):].strip()
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthorized("empty or oversized bearer token")
+        return self.verify(token)
+
+    def verify(self, token: str) -> Principal:
+        options: dict[str, object] = {"require": ["exp", "sub"]}
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options=options,  # type: ignore[arg-type]
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.InvalidTokenError as error:
+            raise Unauthorized(f"invalid token: {error}") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthorized("token subject must be a non-empty string")
+        return Principal(subject=subject, permissions=_permissions(claims))
+
+
+def require(principal: Principal, permission: str) -> None:
+    if not principal.allows(permission):
+        raise Forbidden(f"token of {principal.subject!r} lacks permission {permission}")
+
+
+def mint_token(
+    secret: str,
+    *,
+    subject: str,
+    permissions: Iterable[str],
+    ttl_s: int = 300,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> str:
+    """A short-lived token, as the platform's Auth Service would issue (used by the CLI)."""
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": subject,
+        "scope": " ".join(sorted(set(permissions))),
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_s,
+    }
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def _header(headers: Mapping[str, object], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            if isinstance(value, bytes):
+                return value.decode("utf-8", errors="replace")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _permissions(claims: Mapping[str, object]) -> frozenset[str]:
+    found: set[str] = set()
+    scope = claims.get("scope")
+    if isinstance(scope, str):
+        found.update(scope.split())
+    listed = claims.get("permissions")
+    if isinstance(listed, list):
+        found.update(item for item in listed if isinstance(item, str))
+    return frozenset(found)

@@ -1,0 +1,351 @@
+"""The one place that acks, retries and dead-letters.
+
+A delivery is acked only after whatever replaces it (result, retry copy, dead letter) has been
+confirmed by the broker. `message.process()` is deliberately not used: cancelling inside it
+rejects the message without requeue. Cancellation here (shutdown) hands the delivery back with
+a requeue instead, and each request runs under a deadline far below `consumer_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import orjson
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from pydantic import BaseModel
+
+from llm_consumer.auth import Principal, TokenVerifier, require
+from llm_consumer.bus.publisher import ATTEMPT_HEADER, Publisher
+from llm_consumer.bus.retry import retry_delay
+from llm_consumer.errors import (
+    InvalidRequest,
+    PermanentFailure,
+    RejectedMessage,
+    ServiceError,
+    TransientFailure,
+)
+from llm_consumer.events import catalog
+from llm_consumer.events.envelope import Envelope, new_event
+from llm_consumer.events.parsing import Parsed, parse, peek
+from llm_consumer.events.requests import CacheInvalidate, ContentRequested, ImageRequested, JobCancel
+from llm_consumer.events.results import ErrorInfo, GenerationFailed, JobState, JobStatus
+from llm_consumer.handlers.base import Deps, Request
+from llm_consumer.handlers.routes import route
+from llm_consumer.store.jobs import JobLedger
+
+log = structlog.get_logger("llm_consumer.consumer")
+
+BUSY_RETRY_S = 5.0
+UNSETTLED_BACKOFF_S = 1.0
+LATENCY_WINDOW = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    source: str
+    max_message_bytes: int
+    max_attempts: int
+    request_deadline_s: float
+    shutdown_grace_s: float
+    work_queue: str  # retry and replay copies arrive through the default exchange under this key
+
+
+class Stats:
+    """Counters for heartbeats and the health check."""
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.failed = 0
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def record(self, ok: bool, duration_ms: float) -> None:
+        self.processed += 1
+        self.failed += 0 if ok else 1
+        self.latencies_ms.append(duration_ms)
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / self.processed if self.processed else 0.0
+
+    @property
+    def p95_ms(self) -> float:
+        if not self.latencies_ms:
+            return 0.0
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        config: ConsumerConfig,
+        publisher: Publisher,
+        ledger: JobLedger,
+        verifier: TokenVerifier,
+        deps: Deps,
+    ) -> None:
+        self._config = config
+        self._publisher = publisher
+        self._ledger = ledger
+        self._verifier = verifier
+        self._deps = deps
+        self._deliveries: set[asyncio.Task[object]] = set()
+        self._running: dict[str, asyncio.Task[object]] = {}
+        self._cancel_requested: set[str] = set()
+        self._subscriptions: list[tuple[AbstractQueue, str]] = []
+        self.stats = Stats()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._deliveries)
+
+    async def subscribe(self, queue: AbstractQueue, *, exclusive: bool = False) -> None:
+        tag = await queue.consume(self.on_message, exclusive=exclusive)
+        self._subscriptions.append((queue, tag))
+
+    async def drain(self) -> None:
+        """Stop taking work, let in-flight requests finish within the grace, hand back the rest."""
+        for queue, tag in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        self._subscriptions.clear()
+        pending = set(self._deliveries)
+        if pending:
+            log.info("drain.waiting", in_flight=len(pending), grace_s=self._config.shutdown_grace_s)
+            _, pending = await asyncio.wait(pending, timeout=self._config.shutdown_grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+            log.info("drain.handed_back", requests=len(pending))
+
+    # -- one delivery -----------------------------------------------------------------------
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._deliveries.add(task)
+        structlog.contextvars.clear_contextvars()
+        started = time.monotonic()
+        try:
+            outcome = await self._settle(message)
+            self.stats.record(outcome in ("completed", "duplicate"),
+                              (time.monotonic() - started) * 1000)
+            log.info("message.settled", outcome=outcome,
+                     duration_ms=round((time.monotonic() - started) * 1000, 1))
+        except asyncio.CancelledError:
+            await self._hand_back(message)
+            raise
+        except Exception:
+            # The outcome could not be confirmed (broker or channel trouble): leave the delivery
+            # to the broker, which redelivers it; never ack what was not replaced.
+            log.exception("message.unsettled")
+            await asyncio.sleep(UNSETTLED_BACKOFF_S)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        finally:
+            self._deliveries.discard(task)
+
+    async def _hand_back(self, message: AbstractIncomingMessage) -> None:
+        with contextlib.suppress(Exception):
+            await message.nack(requeue=True)
+        log.info("message.handed_back")
+
+    async def _settle(self, message: AbstractIncomingMessage) -> str:
+        cfg = self._config
+        structlog.contextvars.bind_contextvars(
+            delivery_id=message.message_id, routing_key=message.routing_key)
+        try:
+            principal = self._verifier.verify_header(message.headers or {})
+            routing_key = message.routing_key or ""
+            parsed = parse(message.body, "" if routing_key == cfg.work_queue else routing_key,
+                           max_bytes=cfg.max_message_bytes)
+            assert parsed.spec.permission is not None
+            require(principal, parsed.spec.permission)
+        except RejectedMessage as error:
+            await self._reject(message, error, trusted=not _is_auth_error(error))
+            return error.code
+        env = parsed.envelope
+        structlog.contextvars.bind_contextvars(
+            request_id=env.id, correlation_id=env.correlation, type=env.type,
+            kind=getattr(parsed.data, "kind", None))
+        if parsed.spec.direction == "control":
+            await self._control(parsed, principal)
+            await message.ack()
+            return "control"
+        return await self._request(message, parsed, principal)
+
+    async def _reject(self, message: AbstractIncomingMessage, error: RejectedMessage, *,
+                      trusted: bool) -> None:
+        """Dead-letter with the reason; tell the sender when its request id can be read."""
+        seen = peek(message.body, self._config.max_message_bytes)
+        structlog.contextvars.bind_contextvars(request_id=seen.request_id)
+        log.warning("message.rejected", code=error.code, reason=error.message)
+        if seen.request_id:
+            failed = GenerationFailed(
+                request_id=seen.request_id,
+                request_type=seen.request_type or message.routing_key or "unknown",
+                kind=seen.kind,
+                error=ErrorInfo(code=error.code, message=error.message, retryable=False),
+                attempts=_attempt(message) + 1,
+            )
+            # reply_to of a message whose token failed is not trusted: only the hub hears it.
+            reply_to = message.reply_to if trusted else None
+            await self._publish(catalog.GENERATION_FAILED, failed, cause=None,
+                                reply_to=reply_to, subject_id=seen.request_id)
+        await self._publisher.dead_letter(message, code=error.code, reason=error.message)
+        await message.ack()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _request(self, message: AbstractIncomingMessage, parsed: Parsed,
+                       principal: Principal) -> str:
+        env = parsed.envelope
+        data = parsed.data
+        assert isinstance(data, ContentRequested | ImageRequested)
+        attempt = _attempt(message)
+        if env.id in self._running:
+            claim_verdict = "busy"
+            claim = None
+        else:
+            claim = await self._ledger.claim(env.id)
+            claim_verdict = claim.verdict
+        if claim_verdict == "done" and claim is not None:
+            for raw in claim.stored_events:
+                await self._publisher.publish_event(Envelope.model_validate_json(raw),
+                                                    reply_to=message.reply_to)
+            await message.ack()
+            return "duplicate"
+        if claim_verdict == "busy":
+            await self._publisher.retry_later(message, attempt=attempt, delay_s=BUSY_RETRY_S)
+            await message.ack()
+            return "busy"
+        if claim_verdict == "cancelled":
+            failure: ServiceError = PermanentFailure("cancelled before it started",
+                                                     code="cancelled")
+            await self._fail(message, env, data, failure, attempt)
+            return "cancelled"
+
+        await self._status(env, "running", attempt, message.reply_to)
+        request = Request(envelope=env, data=data, principal=principal, attempt=attempt,
+                          emit=lambda t, d: self._publish(t, d, cause=env,
+                                                          reply_to=message.reply_to))
+        job = asyncio.create_task(route(env.type, data)(request, self._deps))
+        self._running[env.id] = job
+        try:
+            async with asyncio.timeout(self._config.request_deadline_s):
+                replies = await job
+        except TimeoutError:
+            failure = TransientFailure(
+                f"request exceeded its {self._config.request_deadline_s:g}s deadline",
+                code="timeout")
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                await self._ledger.release(env.id)
+                raise
+            failure = PermanentFailure("cancelled by job.cancel", code="cancelled")
+        except ServiceError as error:
+            failure = error
+        except Exception as error:
+            log.exception("handler.crashed")
+            failure = ServiceError(f"internal error: {type(error).__name__}", code="internal")
+        else:
+            events = [new_event(r.type, r.data, source=self._config.source, cause=env)
+                      for r in replies]
+            await self._ledger.finish(env.id, [_encode(e) for e in events])
+            await self._status(env, "completed", attempt, message.reply_to)
+            for event in events:
+                await self._publisher.publish_event(event, reply_to=message.reply_to)
+            await message.ack()
+            return "completed"
+        finally:
+            self._running.pop(env.id, None)
+            self._cancel_requested.discard(env.id)
+        return await self._fail(message, env, data, failure, attempt)
+
+    async def _fail(self, message: AbstractIncomingMessage, env: Envelope,
+                    data: ContentRequested | ImageRequested, failure: ServiceError,
+                    attempt: int) -> str:
+        log.warning("request.failed", code=failure.code, reason=failure.message, attempt=attempt)
+        if isinstance(failure, TransientFailure) and attempt + 1 < self._config.max_attempts:
+            await self._ledger.release(env.id)
+            delay = retry_delay(attempt, failure.retry_after_s)
+            await self._publisher.retry_later(message, attempt=attempt + 1, delay_s=delay)
+            await self._status(env, "deferred", attempt + 1, message.reply_to)
+            await message.ack()
+            return "retry"
+        failed = GenerationFailed(
+            request_id=env.id, request_type=env.type, kind=data.kind.value,
+            error=ErrorInfo(code=failure.code, message=failure.message,
+                            retryable=failure.retryable),
+            attempts=attempt + 1,
+        )
+        failed_event = new_event(catalog.GENERATION_FAILED, failed, source=self._config.source,
+                                 cause=env)
+        final_state: JobState = "cancelled" if failure.code == "cancelled" else "failed"
+        if isinstance(failure, PermanentFailure):
+            # Final for this id: a re-send gets the same answer without paying again.
+            await self._ledger.finish(env.id, [_encode(failed_event)])
+        else:
+            # Out of attempts, or unexpected: ops may replay it from the DLQ, so forget the claim.
+            await self._ledger.release(env.id)
+        await self._status(env, final_state, attempt, message.reply_to)
+        await self._publisher.publish_event(failed_event, reply_to=message.reply_to)
+        if not isinstance(failure, PermanentFailure):
+            await self._publisher.dead_letter(message, code=failure.code, reason=failure.message)
+        await message.ack()
+        return failure.code
+
+    # -- control ----------------------------------------------------------------------------
+
+    async def _control(self, parsed: Parsed, principal: Principal) -> None:
+        data = parsed.data
+        if isinstance(data, JobCancel):
+            await self._ledger.mark_cancelled(data.request_id)
+            job = self._running.get(data.request_id)
+            if job is not None:
+                self._cancel_requested.add(data.request_id)
+                job.cancel()
+            log.info("job.cancel", target=data.request_id, running_here=job is not None,
+                     by=principal.subject)
+        elif isinstance(data, CacheInvalidate):
+            log.info("cache.invalidate", target_kind=data.kind, cached_entries=0,
+                     note="this build keeps no response cache")
+        else:  # pragma: no cover - the catalog lists only these control types
+            raise InvalidRequest(f"unhandled control event {parsed.envelope.type}")
+
+    # -- publishing helpers -----------------------------------------------------------------
+
+    async def _publish(self, event_type: str, data: BaseModel, *, cause: Envelope | None,
+                       reply_to: str | None, subject_id: str | None = None) -> None:
+        event = new_event(event_type, data, source=self._config.source, cause=cause)
+        if cause is None and subject_id is not None:
+            event = event.model_copy(update={"correlationid": subject_id,
+                                             "causationid": subject_id})
+        await self._publisher.publish_event(event, reply_to=reply_to)
+
+    async def _status(self, env: Envelope, state: JobState, attempt: int,
+                      reply_to: str | None) -> None:
+        await self._publish(catalog.JOB_STATUS,
+                            JobStatus(request_id=env.id, state=state, attempt=attempt),
+                            cause=env, reply_to=reply_to)
+
+
+def _encode(event: Envelope) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+def _attempt(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get(ATTEMPT_HEADER, 0)
+    return value if isinstance(value, int) and 0 <= value < 1000 else 0
+
+
+def _is_auth_error(error: RejectedMessage) -> bool:
+    return error.code == "unauthorized"

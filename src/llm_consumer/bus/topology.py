@@ -1,0 +1,95 @@
+"""The broker objects the service owns, as frozen data declared idempotently at start-up.
+
+Retries go through a few fixed-TTL delay queues (RabbitMQ expires messages only at a queue's
+head, so mixed per-message TTLs in one queue would block each other). Expired copies are
+dead-lettered straight back to the work queue through the default exchange, not to the hub:
+other services bound to `content.requested` must not see our retries as new requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llm_consumer.events.catalog import CONTROL_TYPES, REQUEST_TYPES
+
+MAX_PRIORITY = 9
+DELAY_STEPS_S: tuple[int, ...] = (1, 5, 30, 120, 600)
+UNROUTED_MAX_LENGTH = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    arguments: dict[str, object] = field(default_factory=dict)
+    bindings: tuple[tuple[str, str], ...] = ()  # (exchange, routing key)
+    purpose: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    hub_exchange: str
+    dead_letter_exchange: str
+    work: QueueSpec
+    dead: QueueSpec
+    unrouted: QueueSpec
+    delays: tuple[tuple[int, QueueSpec], ...]
+
+    @property
+    def queues(self) -> tuple[QueueSpec, ...]:
+        return (self.work, self.dead, self.unrouted, *(q for _, q in self.delays))
+
+    def delay_queue_for(self, seconds: float) -> tuple[int, QueueSpec]:
+        """The shortest delay queue that waits at least `seconds` (the longest one past that)."""
+        for step, queue in self.delays:
+            if step >= seconds:
+                return step, queue
+        return self.delays[-1]
+
+    def control_queue(self, instance_id: str) -> QueueSpec:
+        """Every instance gets control events: a running job lives on one replica only."""
+        return QueueSpec(
+            name=f"{self.work.name}.control.{instance_id}",
+            bindings=tuple((self.hub_exchange, t) for t in sorted(CONTROL_TYPES)),
+            purpose="control events for one instance (exclusive, auto-delete)",
+        )
+
+
+def build_topology(prefix: str, hub_exchange: str) -> Topology:
+    dlx = f"{prefix}dlx"
+    work_name = f"{prefix}requests"
+    delays = tuple(
+        (
+            step,
+            QueueSpec(
+                name=f"{prefix}delay.{step}s",
+                arguments={
+                    "x-message-ttl": step * 1000,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": work_name,
+                },
+                purpose=f"retry copies wait {step}s, then return to {work_name}",
+            ),
+        )
+        for step in DELAY_STEPS_S
+    )
+    return Topology(
+        hub_exchange=hub_exchange,
+        dead_letter_exchange=dlx,
+        work=QueueSpec(
+            name=work_name,
+            arguments={"x-max-priority": MAX_PRIORITY, "x-dead-letter-exchange": dlx},
+            bindings=tuple((hub_exchange, t) for t in sorted(REQUEST_TYPES)),
+            purpose="content.requested and image.requested, by priority",
+        ),
+        dead=QueueSpec(
+            name=f"{prefix}dead",
+            bindings=((dlx, "#"),),
+            purpose="dead letters, with x-error-code and x-error-message headers",
+        ),
+        unrouted=QueueSpec(
+            name=f"{prefix}unrouted",
+            arguments={"x-max-length": UNROUTED_MAX_LENGTH, "x-overflow": "drop-head"},
+            purpose="events the hub could route to no queue, kept for replay",
+        ),
+        delays=delays,
+    )

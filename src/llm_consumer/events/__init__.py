@@ -1,0 +1,1 @@
+"""The wire contract: the CloudEvents envelope, request, result and control event models."""

@@ -1,0 +1,140 @@
+"""Requests and control events the service consumes (the `data` of each)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_PROMPT_CHARS = 4000
+
+
+class _Inbound(BaseModel):
+    # Peers may add fields (the contract allows it); unknown ones are ignored, not rejected.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ContentKind(StrEnum):
+    CHARACTER_BACKSTORY = "character.backstory"
+    CHARACTER_COMBAT = "character.combat"
+    CHARACTER_EQUIPMENT = "character.equipment"
+    CAMPAIGN_PLOT = "campaign.plot"
+    CAMPAIGN_QUEST = "campaign.quest"
+    CAMPAIGN_EVENTS = "campaign.events"
+    WORLD_LOCATION = "world.location"
+    WORLD_NPC_DIALOGUE = "world.npc_dialogue"
+    WORLD_ENVIRONMENT = "world.environment"
+    THEME_APPLY = "theme.apply"
+    THEME_ANALYZE = "theme.analyze"
+    CONTENT_VALIDATE = "content.validate"
+
+
+class ImageKind(StrEnum):
+    PORTRAIT = "portrait"
+    LOCATION = "location"
+    ITEM = "item"
+    TRANSFORM = "transform"
+    ENHANCE = "enhance"
+    VARIATIONS = "variations"
+
+
+TEXT_TO_IMAGE_KINDS = frozenset({ImageKind.PORTRAIT, ImageKind.LOCATION, ImageKind.ITEM})
+
+
+class Theme(_Inbound):
+    """A text theme: a named preset and/or explicit fields that override it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    preset: str | None = Field(None, max_length=100, examples=["dark-fantasy"])
+    genre: str | None = Field(None, max_length=200)
+    tone: str | None = Field(None, max_length=200)
+    style: str | None = Field(None, max_length=200)
+    language_patterns: list[str] | None = Field(None, max_length=20)
+
+
+class ModelOptions(_Inbound):
+    name: str | None = Field(None, max_length=200)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=32_000)
+
+
+class ContentRequested(_Inbound):
+    """`content.requested`: generate text of one kind."""
+
+    kind: ContentKind
+    context: dict[str, Any]
+    theme: Theme | None = None
+    model: ModelOptions | None = None
+    stream: bool = False
+    cache: bool = True
+    user_id: str | None = Field(None, max_length=200)
+
+
+class SourceImage(_Inbound):
+    """Exactly one of `url`, `data` (base64) or `ref` (a key this service stored)."""
+
+    url: str | None = Field(None, max_length=4096)
+    data: str | None = None
+    ref: str | None = Field(None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceImage:
+        given = [name for name in ("url", "data", "ref") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("source_image needs exactly one of url, data or ref")
+        return self
+
+
+class VisualTheme(_Inbound):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    preset: str | None = Field(None, max_length=100)
+    art_style: str | None = Field(None, max_length=200)
+    color_scheme: str | list[str] | None = None
+
+
+class ImageOptions(_Inbound):
+    provider: Literal["getimg", "openai"] | None = None
+    model: str | None = Field(None, max_length=200)
+    width: int | None = Field(None, ge=64, le=4096)
+    height: int | None = Field(None, ge=64, le=4096)
+    count: int = Field(1, ge=1, le=4)
+    seed: int | None = Field(None, ge=0)
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    enhance: list[Literal["upscale", "face_fix"]] | None = None
+
+
+class ImageRequested(_Inbound):
+    """`image.requested`: generate, transform or enhance images."""
+
+    kind: ImageKind
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    context: dict[str, Any] | None = None
+    source_image: SourceImage | None = None
+    theme: VisualTheme | None = None
+    options: ImageOptions = ImageOptions()
+    cache: bool = True
+    user_id: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="after")
+    def _inputs_for_kind(self) -> ImageRequested:
+        if self.kind in TEXT_TO_IMAGE_KINDS:
+            if not self.prompt and not self.context:
+                raise ValueError(f"kind {self.kind.value} needs a prompt or a context")
+        elif self.source_image is None:
+            raise ValueError(f"kind {self.kind.value} needs a source_image")
+        return self
+
+
+class JobCancel(_Inbound):
+    """`job.cancel`: stop a queued or running request."""
+
+    request_id: str = Field(min_length=1, max_length=200)
+
+
+class CacheInvalidate(_Inbound):
+    """`cache.invalidate`: drop cached results, all or of one kind."""
+
+    kind: str | None = Field(None, max_length=100)

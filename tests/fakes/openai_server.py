@@ -1,0 +1,451 @@
+"""A real HTTP server speaking the OpenAI chat-completions wire protocol, for tests.
+
+    async with FakeOpenAI() as server:
+        server.script(reply('{"a": 1}'), rate_limited(retry_after_ms=250))
+        client = AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+
+It runs on 127.0.0.1 with an ephemeral port inside the test's event loop (aiohttp AppRunner).
+Scripted responses are served in order; once the script is empty a default responder answers
+with an instance of the request's `response_format.json_schema.schema` (see `sample_for_schema`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+DEFAULT_API_KEY = "sk-test"
+DEFAULT_TEXT = "This is a fake answer from the fake OpenAI server."
+
+
+# --------------------------------------------------------------------------- script entries
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful answer. `content=None` lets the default responder build it from the schema."""
+
+    content: str | None = None
+    usage: Mapping[str, int] | None = None  # None: counted from the text (chars / 4)
+    include_usage: bool = True  # False: the answer carries no `usage` at all
+    finish_reason: str = "stop"
+    delay_s: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    break_after_chunks: int | None = None  # streaming only: drop the connection after N events
+    chunk_count: int = 4  # streaming only: how many content deltas to split the text into
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """An HTTP error with OpenAI's error body shape."""
+
+    status: int
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+    delay_s: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+Scripted = Reply | ErrorReply
+
+
+def reply(content: str | None = None, **kwargs: Any) -> Reply:
+    return Reply(content, **kwargs)
+
+
+def hang(delay_s: float, content: str | None = None) -> Reply:
+    """An answer that arrives only after `delay_s` (use a longer delay than the client timeout)."""
+    return Reply(content, delay_s=delay_s)
+
+
+def rate_limited(
+    *,
+    retry_after: str | None = None,
+    retry_after_ms: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> ErrorReply:
+    extra = dict(headers or {})
+    if retry_after is not None:
+        extra["retry-after"] = retry_after
+    if retry_after_ms is not None:
+        extra["retry-after-ms"] = retry_after_ms
+    return ErrorReply(
+        429,
+        "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1.",
+        "requests",
+        code="rate_limit_exceeded",
+        headers=extra,
+    )
+
+
+def insufficient_quota() -> ErrorReply:
+    return ErrorReply(
+        429,
+        "You exceeded your current quota, please check your plan and billing details.",
+        "insufficient_quota",
+        code="insufficient_quota",
+    )
+
+
+def server_error(status: int = 500, **kwargs: Any) -> ErrorReply:
+    message = "The server had an error while processing your request. Sorry about that!"
+    if status == 503:
+        message = "The engine is currently overloaded, please try again later."
+    return ErrorReply(status, message, "server_error", **kwargs)
+
+
+def model_not_found(model: str) -> ErrorReply:
+    return ErrorReply(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        code="model_not_found",
+    )
+
+
+def context_length_exceeded() -> ErrorReply:
+    return ErrorReply(
+        400,
+        "This model's maximum context length is 128000 tokens. However, your messages "
+        "resulted in 130512 tokens. Please reduce the length of the messages.",
+        "invalid_request_error",
+        code="context_length_exceeded",
+        param="messages",
+    )
+
+
+def content_policy(code: str | None = "content_policy_violation") -> ErrorReply:
+    return ErrorReply(
+        400,
+        "Your request was rejected as a result of our safety system.",
+        "invalid_request_error",
+        code=code,
+    )
+
+
+def invalid_request(message: str = "Invalid value for 'temperature'.") -> ErrorReply:
+    return ErrorReply(400, message, "invalid_request_error", param="temperature")
+
+
+def invalid_api_key() -> ErrorReply:
+    return ErrorReply(
+        401,
+        "Incorrect API key provided: sk-wrong. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        code="invalid_api_key",
+    )
+
+
+# --------------------------------------------------------------------------- schema samples
+
+
+def sample_for_schema(schema: Mapping[str, Any]) -> Any:
+    """A deterministic instance of a JSON Schema as pydantic v2 emits it."""
+    return _sample(schema, schema.get("$defs", {}), "value", 0)
+
+
+def _sample(schema: Mapping[str, Any], defs: Mapping[str, Any], name: str, depth: int) -> Any:
+    if depth > 32:
+        raise ValueError("schema too deep (recursive $ref without an exit?)")
+    if "$ref" in schema:
+        ref = str(schema["$ref"])
+        return _sample(defs[ref.rsplit("/", 1)[-1]], defs, name, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            branches = [b for b in schema[key] if b.get("type") != "null"] or schema[key]
+            return _sample(branches[0], defs, name, depth + 1)
+    if "allOf" in schema:
+        return _sample(schema["allOf"][0], defs, name, depth + 1)
+    return _sample_typed(schema, defs, name, depth)
+
+
+def _sample_typed(schema: Mapping[str, Any], defs: Mapping[str, Any], name: str, depth: int) -> Any:
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None and "properties" in schema:
+        kind = "object"
+    if kind == "object":
+        props: Mapping[str, Any] = schema.get("properties", {})
+        return {key: _sample(sub, defs, key, depth + 1) for key, sub in props.items()}
+    if kind == "array":
+        low = int(schema.get("minItems", 0))
+        high = int(schema.get("maxItems", max(low, 2)))
+        items: Mapping[str, Any] = schema.get("items", {})
+        count = max(low, min(2, high))
+        return [_sample(items, defs, f"{name} {i + 1}", depth + 1) for i in range(count)]
+    if kind == "string":
+        return _string(name, int(schema.get("minLength", 0)), schema.get("maxLength"))
+    if kind in ("integer", "number"):
+        return _number(schema, integer=kind == "integer")
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return schema.get("default", name)  # unconstrained: any JSON value is valid
+
+
+def _string(name: str, min_length: int, max_length: int | None) -> str:
+    text = f"Sample {name.replace('_', ' ')}"
+    while len(text) < min_length:
+        text += " lorem ipsum"
+    return text if max_length is None else text[: int(max_length)]
+
+
+def _number(schema: Mapping[str, Any], *, integer: bool) -> int | float:
+    low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    high = schema.get("maximum", schema.get("exclusiveMaximum"))
+    if low is not None and high is not None:
+        value = (float(low) + float(high)) / 2
+    elif low is not None:
+        value = float(low) + 1
+    elif high is not None:
+        value = float(high) - 1
+    else:
+        value = 1.0
+    return math.floor(value) if integer else value
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: dict[str, Any]
+
+
+def _count_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+class FakeOpenAI:
+    """`async with FakeOpenAI() as server:` a live OpenAI-compatible API at `server.base_url`."""
+
+    def __init__(self, *, api_key: str = DEFAULT_API_KEY) -> None:
+        self.api_key = api_key
+        self.requests: list[RecordedRequest] = []
+        self.calls_by_model: Counter[str] = Counter()
+        self._script: deque[Scripted] = deque()
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    # -- knobs
+
+    def script(self, *responses: Scripted) -> None:
+        """Queue responses, served in order before the default responder takes over."""
+        self._script.extend(responses)
+
+    @property
+    def pending(self) -> int:
+        return len(self._script)
+
+    @property
+    def base_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("FakeOpenAI is not running")
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == "/v1/chat/completions"]
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_route("*", "/{tail:.*}", self._unknown_route)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- handlers
+
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {"_raw": raw.decode(errors="replace")}
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.requests.append(RecordedRequest(request.method, request.path, headers, body))
+        return body if isinstance(body, dict) else {"_raw": body}
+
+    async def _unknown_route(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        error = ErrorReply(
+            404, f"Invalid URL ({request.method} {request.path})", "invalid_request_error"
+        )
+        return self._error_response(error)
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        model = str(body.get("model", ""))
+        self.calls_by_model[model] += 1
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._error_response(invalid_api_key())
+        entry = self._script.popleft() if self._script else Reply()
+        if entry.delay_s > 0:
+            await self._sleep(entry.delay_s)
+        if isinstance(entry, ErrorReply):
+            return self._error_response(entry)
+        content = entry.content if entry.content is not None else self._default_content(body)
+        if body.get("stream"):
+            return await self._stream(request, body, model, content, entry)
+        completion = {
+            "id": _new_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": entry.finish_reason,
+                }
+            ],
+            "system_fingerprint": "fp_fake",
+        }
+        if entry.include_usage:
+            completion["usage"] = self._usage(body, content, entry)
+        return web.json_response(completion, headers=self._headers(entry.headers))
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], model: str, content: str, entry: Reply
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers=self._headers({"Content-Type": "text/event-stream", **entry.headers})
+        )
+        await response.prepare(request)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        base = {
+            "id": _new_id("chatcmpl"),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_fake",
+        }
+        events: list[dict[str, Any]] = []
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            extra = {"usage": None} if include_usage else {}
+            return {**base, "choices": [choice], **extra}
+
+        events.append(chunk({"role": "assistant", "content": "", "refusal": None}))
+        events.extend(chunk({"content": piece}) for piece in _split(content, entry.chunk_count))
+        events.append(chunk({}, entry.finish_reason))
+        if include_usage and entry.include_usage:
+            events.append({**base, "choices": [], "usage": self._usage(body, content, entry)})
+        for sent, event in enumerate(events):
+            if entry.break_after_chunks is not None and sent >= entry.break_after_chunks:
+                assert request.transport is not None
+                request.transport.close()  # drop the connection mid-body
+                return response
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    # -- helpers
+
+    async def _sleep(self, delay_s: float) -> None:
+        """Wait `delay_s`, or less when the server is shutting down (so a hang never blocks)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), timeout=delay_s)
+
+    def _default_content(self, body: Mapping[str, Any]) -> str:
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema") or {}
+            return json.dumps(sample_for_schema(schema))
+        if fmt.get("type") == "json_object":
+            return json.dumps({"answer": DEFAULT_TEXT})
+        return DEFAULT_TEXT
+
+    def _usage(self, body: Mapping[str, Any], content: str, entry: Reply) -> dict[str, int]:
+        if entry.usage is not None:
+            usage = dict(entry.usage)
+            usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
+            return usage
+        prompt_text = "".join(str(m.get("content", "")) for m in body.get("messages", []))
+        prompt, completion = _count_tokens(prompt_text), _count_tokens(content)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    def _headers(self, extra: Mapping[str, str]) -> dict[str, str]:
+        return {"x-request-id": _new_id("req"), "openai-processing-ms": "7", **extra}
+
+    def _error_response(self, error: ErrorReply) -> web.Response:
+        return web.json_response(
+            error.body(), status=error.status, headers=self._headers(error.headers)
+        )
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def _split(text: str, parts: int) -> list[str]:
+    if not text:
+        return []
+    size = max(1, math.ceil(len(text) / max(1, parts)))
+    return [text[i : i + size] for i in range(0, len(text), size)]
