@@ -173,7 +173,7 @@ def test_asyncapi_operations_match_the_catalog(asyncapi: dict[str, Any]) -> None
     for operation in asyncapi["operations"].values():
         channel = operation["channel"]["$ref"].removeprefix("#/channels/")
         actions.setdefault(channel, set()).add(operation["action"])
-    for event_type, spec in EVENTS.items():
+    for event_type in EVENTS:
         expected = "receive" if event_type in CONSUMED_TYPES else "send"
         assert actions[event_type] == {expected}, event_type
     assert actions["replyTo"] == {"send"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,7 +32,7 @@ Direction = Literal["request", "control", "result", "notice"]
 @dataclass(frozen=True, slots=True)
 class EventSpec:
     type: str
-    model: type[BaseModel]
+    model: builtins.type[BaseModel]
     direction: Direction
     permission: str | None = None
     summary: str = ""

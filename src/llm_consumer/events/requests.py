@@ -137,4 +137,5 @@ class JobCancel(_Inbound):
 class CacheInvalidate(_Inbound):
     """`cache.invalidate`: drop cached results, all or of one kind."""
 
-    kind: str | None = Field(None, max_length=100)
+    kind: ContentKind | ImageKind | None = Field(
+        None, description="one request kind; absent means every cached result")

@@ -16,7 +16,14 @@ import yaml
 from pydantic.json_schema import JsonSchemaMode
 
 from llm_consumer.bus.topology import QueueSpec, Topology, build_topology
-from llm_consumer.events.catalog import EVENTS, THEME_ANALYZED, VALIDATION_COMPLETED, EventSpec
+from llm_consumer.events.catalog import (
+    CONTENT_PROGRESS,
+    EVENTS,
+    JOB_STATUS,
+    THEME_ANALYZED,
+    VALIDATION_COMPLETED,
+    EventSpec,
+)
 from llm_consumer.events.content import CONTENT_MODELS
 from llm_consumer.events.envelope import CLOUDEVENTS_CONTENT_TYPE, Envelope
 from llm_consumer.events.requests import ContentKind
@@ -137,9 +144,10 @@ def _channels(topo: Topology) -> Json:
     } for t, s in EVENTS.items()}
     channels["replyTo"] = {
         "address": "{replyTo}",
-        "description": "A copy of each result of a request that set `reply_to`, sent to the "
-                       "default exchange with that routing key.",
-        "messages": _refs(of["result"]),
+        "description": "A copy of each result, progress and job-status event of a request "
+                       "that set `reply_to` (and passed authentication), sent to the default "
+                       "exchange with that routing key.",
+        "messages": _refs(of["result"] + [CONTENT_PROGRESS, JOB_STATUS]),
         "parameters": {"replyTo": {"description": "the request's AMQP `reply_to` property"}},
         "bindings": {"amqp": {"is": "routingKey", "exchange": {"type": "default", "vhost": "/"},
                               **AMQP}},
@@ -331,7 +339,10 @@ Regenerate with `llm-consumer schemas`; `llm-consumer schemas --check` and
 - Results that no queue can take are kept in `{unrouted}` (bounded, oldest dropped first).
 - Failures after the attempt limit, and rejected messages, go to `{dead}` with the headers
   `x-error-code` and `x-error-message`.
-- `reply_to` gets a copy of the `result` events only, not of the notices.
+- `reply_to` gets a copy of the result events and of the request's `content.progress` and
+  `job.status` notices; it is ignored on a message whose token failed verification.
+- Results are published with `mandatory`; notices (progress, job status, heartbeats) nobody
+  is bound to are not kept.
 - The service enforces rules these schemas cannot state (a breach gets `generation.failed`
   `invalid_request`): `source_image` holds exactly one of `url`, `data`, `ref`; `portrait`,
   `location` and `item` need `prompt` or `context`; the other image kinds need `source_image`.
