@@ -4,6 +4,7 @@ local RabbitMQ and Redis (MESSAGE_HUB_URL / REDIS_URL, defaulting to the local s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,16 +53,12 @@ async def delete_topology(settings: Settings) -> None:
     async with connection:
         for spec in topology.queues:
             channel = await connection.channel()
-            try:
+            with contextlib.suppress(Exception):
                 await channel.queue_delete(spec.name)
-            except Exception:
-                pass
         for name in (topology.hub_exchange, topology.dead_letter_exchange):
             channel = await connection.channel()
-            try:
+            with contextlib.suppress(Exception):
                 await channel.exchange_delete(name)
-            except Exception:
-                pass
     client = aioredis.from_url(REDIS_URL)
     keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}*")]
     if keys:

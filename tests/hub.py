@@ -12,7 +12,6 @@ import orjson
 
 from llm_consumer.bus.topology import build_topology
 from llm_consumer.settings import Settings
-
 from tests.conftest import HUB_URL
 
 

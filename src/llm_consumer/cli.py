@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -212,6 +213,28 @@ def token(
                              permissions=scope or PERMISSIONS_ALL, ttl_s=ttl,
                              audience=settings.jwt_audience, issuer=settings.jwt_issuer),
                   soft_wrap=True)
+
+
+@app.command()
+def probe(
+    max_age: Annotated[float, typer.Option(help="seconds after which the file is stale")] = 30,
+) -> None:
+    """Container health check: exit 0 when `run` refreshed HEALTH_FILE recently."""
+    settings = _settings(need_secret=False)
+    if not settings.health_file:
+        err.print("HEALTH_FILE is not set")
+        raise typer.Exit(2)
+    try:
+        state = orjson.loads(Path(settings.health_file).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as error:
+        err.print(f"unhealthy: cannot read {settings.health_file}: {error}")
+        raise typer.Exit(1) from None
+    age = time.time() - float(state.get("time", 0))
+    if age > max_age:
+        err.print(f"unhealthy: last heartbeat {age:.0f}s ago")
+        raise typer.Exit(1)
+    console.print(f"{state.get('status')}: {state.get('in_flight')} in flight, "
+                  f"{state.get('processed')} processed, heartbeat {age:.0f}s ago")
 
 
 @app.command()

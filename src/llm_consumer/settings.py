@@ -23,7 +23,7 @@ def _default_instance() -> str:
 class Settings(BaseSettings):
     """Every knob of the service; names are the environment variables, upper-cased."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True, env_ignore_empty=True)
 
     # Message Hub
     message_hub_url: AnyUrl = AnyUrl("amqp://guest:guest@localhost:5672/")

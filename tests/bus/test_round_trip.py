@@ -143,7 +143,7 @@ async def test_model_answer_is_repaired_once(openai_service: Any, fake_openai: A
     result = await service.request("character.equipment", data_for(
         ContentKind.CHARACTER_EQUIPMENT))
     assert result.final is not None and result.final["type"] == catalog.CONTENT_GENERATED
-    first, second = fake_openai.chat_requests
+    _first, second = fake_openai.chat_requests
     assert "previous answer was rejected" in second.body["messages"][1]["content"]
     usage = result.final["data"]["token_usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]

@@ -93,8 +93,9 @@ async def test_unrouted_results_are_kept_and_replayable(openai_service: Any) -> 
     service: Service = await openai_service()
     request = build_request("world.location", BACKSTORY)
     # A peer that publishes without reply_to and without a bound queue for results.
-    from tests.hub import publish_raw
     import orjson
+
+    from tests.hub import publish_raw
     await publish_raw(service.settings, orjson.dumps(request), routing_key="content.requested",
                       headers={"authorization": f"Bearer {token()}"})
     unrouted = build_topology(service.settings.queue_prefix,

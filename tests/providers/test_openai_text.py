@@ -11,6 +11,12 @@ from typing import Any
 
 import openai
 import pytest
+from pydantic import BaseModel
+
+from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
+from llm_consumer.events import content
+from llm_consumer.providers.base import TextJob
+from llm_consumer.providers.openai_text import OpenAITextProvider, retry_after_seconds
 from tests.fakes.openai_server import (
     ErrorReply,
     FakeOpenAI,
@@ -26,12 +32,6 @@ from tests.fakes.openai_server import (
     sample_for_schema,
     server_error,
 )
-from pydantic import BaseModel
-
-from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
-from llm_consumer.events import content
-from llm_consumer.providers.base import TextJob
-from llm_consumer.providers.openai_text import OpenAITextProvider, retry_after_seconds
 
 DEFAULT_MODEL = "gpt-4o-mini"
 

@@ -1,1 +1,1 @@
-"""RabbitMQ: topology as data, the publisher, the consumer (the one place that acks) and DLQ tools."""
+"""RabbitMQ: topology as data, publisher, consumer (the one place that acks), DLQ tools."""

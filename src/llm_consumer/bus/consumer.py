@@ -32,9 +32,14 @@ from llm_consumer.errors import (
 from llm_consumer.events import catalog
 from llm_consumer.events.envelope import Envelope, new_event
 from llm_consumer.events.parsing import Parsed, parse, peek
-from llm_consumer.events.requests import CacheInvalidate, ContentRequested, ImageRequested, JobCancel
+from llm_consumer.events.requests import (
+    CacheInvalidate,
+    ContentRequested,
+    ImageRequested,
+    JobCancel,
+)
 from llm_consumer.events.results import ErrorInfo, GenerationFailed, JobState, JobStatus
-from llm_consumer.handlers.base import Deps, Request
+from llm_consumer.handlers.base import Deps, Reply, Request
 from llm_consumer.handlers.routes import route
 from llm_consumer.store.jobs import JobLedger
 
@@ -97,7 +102,6 @@ class Consumer:
         self._deps = deps
         self._deliveries: set[asyncio.Task[object]] = set()
         self._running: dict[str, asyncio.Task[object]] = {}
-        self._cancel_requested: set[str] = set()
         self._subscriptions: list[tuple[AbstractQueue, str]] = []
         self.stats = Stats()
 
@@ -210,65 +214,74 @@ class Consumer:
         data = parsed.data
         assert isinstance(data, ContentRequested | ImageRequested)
         attempt = _attempt(message)
-        if env.id in self._running:
-            claim_verdict = "busy"
-            claim = None
-        else:
-            claim = await self._ledger.claim(env.id)
-            claim_verdict = claim.verdict
-        if claim_verdict == "done" and claim is not None:
+        answered = await self._answer_from_ledger(message, env, data, attempt)
+        if answered is not None:
+            return answered
+        await self._status(env, "running", attempt, message.reply_to)
+        request = Request(envelope=env, data=data, principal=principal, attempt=attempt,
+                          emit=lambda t, d: self._publish(t, d, cause=env,
+                                                          reply_to=message.reply_to))
+        outcome = await self._run_job(request)
+        if isinstance(outcome, ServiceError):
+            return await self._fail(message, env, data, outcome, attempt)
+        events = [new_event(r.type, r.data, source=self._config.source, cause=env)
+                  for r in outcome]
+        await self._ledger.finish(env.id, [_encode(e) for e in events])
+        await self._status(env, "completed", attempt, message.reply_to)
+        for event in events:
+            await self._publisher.publish_event(event, reply_to=message.reply_to)
+        await message.ack()
+        return "completed"
+
+    async def _run_job(self, request: Request) -> list[Reply] | ServiceError:
+        """Run the handler as its own task, so job.cancel and the deadline can stop it alone."""
+        env = request.envelope
+        job = asyncio.create_task(route(env.type, request.data)(request, self._deps))
+        self._running[env.id] = job
+        try:
+            async with asyncio.timeout(self._config.request_deadline_s):
+                return await job
+        except TimeoutError:
+            return TransientFailure(
+                f"request exceeded its {self._config.request_deadline_s:g}s deadline",
+                code="timeout")
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # shutdown: hand it back
+                await self._ledger.release(env.id)
+                raise
+            return PermanentFailure("cancelled by job.cancel", code="cancelled")
+        except ServiceError as error:
+            return error
+        except Exception as error:
+            log.exception("handler.crashed")
+            return ServiceError(f"internal error: {type(error).__name__}", code="internal")
+        finally:
+            self._running.pop(env.id, None)
+
+    async def _answer_from_ledger(self, message: AbstractIncomingMessage, env: Envelope,
+                                  data: ContentRequested | ImageRequested,
+                                  attempt: int) -> str | None:
+        """Settle a request the ledger already knows about; None when this replica may run it."""
+        if env.id in self._running:  # a redelivery while the first copy still runs here
+            await self._publisher.retry_later(message, attempt=attempt, delay_s=BUSY_RETRY_S)
+            await message.ack()
+            return "busy"
+        claim = await self._ledger.claim(env.id)
+        if claim.verdict == "done":
             for raw in claim.stored_events:
                 await self._publisher.publish_event(Envelope.model_validate_json(raw),
                                                     reply_to=message.reply_to)
             await message.ack()
             return "duplicate"
-        if claim_verdict == "busy":
+        if claim.verdict == "busy":
             await self._publisher.retry_later(message, attempt=attempt, delay_s=BUSY_RETRY_S)
             await message.ack()
             return "busy"
-        if claim_verdict == "cancelled":
-            failure: ServiceError = PermanentFailure("cancelled before it started",
-                                                     code="cancelled")
-            await self._fail(message, env, data, failure, attempt)
-            return "cancelled"
-
-        await self._status(env, "running", attempt, message.reply_to)
-        request = Request(envelope=env, data=data, principal=principal, attempt=attempt,
-                          emit=lambda t, d: self._publish(t, d, cause=env,
-                                                          reply_to=message.reply_to))
-        job = asyncio.create_task(route(env.type, data)(request, self._deps))
-        self._running[env.id] = job
-        try:
-            async with asyncio.timeout(self._config.request_deadline_s):
-                replies = await job
-        except TimeoutError:
-            failure = TransientFailure(
-                f"request exceeded its {self._config.request_deadline_s:g}s deadline",
-                code="timeout")
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                await self._ledger.release(env.id)
-                raise
-            failure = PermanentFailure("cancelled by job.cancel", code="cancelled")
-        except ServiceError as error:
-            failure = error
-        except Exception as error:
-            log.exception("handler.crashed")
-            failure = ServiceError(f"internal error: {type(error).__name__}", code="internal")
-        else:
-            events = [new_event(r.type, r.data, source=self._config.source, cause=env)
-                      for r in replies]
-            await self._ledger.finish(env.id, [_encode(e) for e in events])
-            await self._status(env, "completed", attempt, message.reply_to)
-            for event in events:
-                await self._publisher.publish_event(event, reply_to=message.reply_to)
-            await message.ack()
-            return "completed"
-        finally:
-            self._running.pop(env.id, None)
-            self._cancel_requested.discard(env.id)
-        return await self._fail(message, env, data, failure, attempt)
+        if claim.verdict == "cancelled":
+            failure = PermanentFailure("cancelled before it started", code="cancelled")
+            return await self._fail(message, env, data, failure, attempt)
+        return None
 
     async def _fail(self, message: AbstractIncomingMessage, env: Envelope,
                     data: ContentRequested | ImageRequested, failure: ServiceError,
@@ -311,7 +324,6 @@ class Consumer:
             await self._ledger.mark_cancelled(data.request_id)
             job = self._running.get(data.request_id)
             if job is not None:
-                self._cancel_requested.add(data.request_id)
                 job.cancel()
             log.info("job.cancel", target=data.request_id, running_here=job is not None,
                      by=principal.subject)

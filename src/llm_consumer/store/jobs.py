@@ -8,6 +8,7 @@ ledger says so (`degraded`) and lets work proceed: a duplicate is cheaper than a
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
@@ -61,10 +62,8 @@ class JobLedger:
 
     async def retire(self) -> None:
         """Drop the liveness key at a clean shutdown so peers may take over at once."""
-        try:
+        with contextlib.suppress(RedisError):
             await self._redis.delete(self._keys.instance(self._instance))
-        except RedisError:
-            pass
 
     async def claim(self, request_id: str) -> Claim:
         try:
