@@ -243,6 +243,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # lower-cased names
     body: dict[str, Any]
+    received_at: float = field(default_factory=time.monotonic)
 
 
 def _count_tokens(text: str) -> int:

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.events import content
 from llm_consumer.providers.base import TextJob
-from llm_consumer.providers.openai_text import OpenAITextProvider, retry_after_seconds
+from llm_consumer.providers.openai_errors import retry_after_seconds
+from llm_consumer.providers.openai_text import OpenAITextProvider
 from tests.fakes.openai_server import (
     ErrorReply,
     FakeOpenAI,
@@ -211,7 +212,7 @@ async def test_wrong_key_is_rejected_by_the_server(server: FakeOpenAI) -> None:
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
-        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after-ms": "150"}, 0.15),
         ({"retry-after": "7"}, 7.0),
         ({"retry-after": "0.25", "retry-after-ms": "20"}, 0.02),
         ({}, None),
@@ -223,13 +224,25 @@ async def test_rate_limit_carries_retry_after(
     headers: dict[str, str],
     expected: float | None,
 ) -> None:
-    server.script(rate_limited(headers=headers))
+    # Short waits happen in place twice; the third 429 goes back to the consumer's delay queues.
+    server.script(*[rate_limited(headers=headers)] * 3)
 
     with pytest.raises(TransientFailure) as caught:
         await provider.complete(backstory_job())
 
     assert caught.value.code == "rate_limited"
     assert caught.value.retry_after_s == expected
+    assert len(server.chat_requests) == (3 if expected is not None and expected <= 5 else 1)
+
+
+async def test_short_retry_after_is_waited_in_place(
+    server: FakeOpenAI, provider: OpenAITextProvider
+) -> None:
+    server.script(rate_limited(headers={"retry-after-ms": "300"}))
+    result = await provider.complete(backstory_job())
+    json.loads(result.text)
+    first, second = server.requests[-2:]
+    assert second.received_at - first.received_at >= 0.3
 
 
 async def test_rate_limit_retry_after_http_date(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from llm_consumer.events.catalog import CONTROL_TYPES, REQUEST_TYPES
 
 MAX_PRIORITY = 9
-DELAY_STEPS_S: tuple[int, ...] = (1, 5, 30, 120, 600)
+DELAY_STEPS_S: tuple[int, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
 UNROUTED_MAX_LENGTH = 100_000
 
 

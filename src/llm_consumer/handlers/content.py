@@ -25,7 +25,7 @@ def _content_request(request: Request) -> ContentRequested:
 async def handle_content(request: Request, deps: Deps) -> list[Reply]:
     """Every narrative kind: structured content plus its readable text."""
     data = _content_request(request)
-    result = await generate(data, deps, shapes.CONTENT_MODELS[data.kind])
+    result = await generate(request, deps, shapes.CONTENT_MODELS[data.kind])
     content = result.content.model_dump(mode="json")
     return [Reply(catalog.CONTENT_GENERATED, ContentGenerated(
         request_id=request.id,
@@ -41,7 +41,7 @@ async def handle_content(request: Request, deps: Deps) -> list[Reply]:
 
 async def handle_theme_analyze(request: Request, deps: Deps) -> list[Reply]:
     data = _content_request(request)
-    result = await generate(data, deps, shapes.ThemeAnalysis)
+    result = await generate(request, deps, shapes.ThemeAnalysis)
     analysis = result.content
     return [Reply(catalog.THEME_ANALYZED, ThemeAnalyzed(
         request_id=request.id,
@@ -60,7 +60,7 @@ async def handle_theme_analyze(request: Request, deps: Deps) -> list[Reply]:
 
 async def handle_content_validate(request: Request, deps: Deps) -> list[Reply]:
     data = _content_request(request)
-    result = await generate(data, deps, shapes.ContentValidation)
+    result = await generate(request, deps, shapes.ContentValidation)
     verdict = result.content
     return [Reply(catalog.VALIDATION_COMPLETED, ValidationCompleted(
         request_id=request.id,

@@ -1,4 +1,5 @@
-"""Ask the text provider for a structured answer and validate it, with one repair attempt."""
+"""Ask the text provider for a structured answer that fits the model's window, validate it,
+and repair it once when it does not parse or match the schema."""
 
 from __future__ import annotations
 
@@ -6,17 +7,28 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Generic, TypeVar
 
+import orjson
+import structlog
 from pydantic import BaseModel, ValidationError
 
 from llm_consumer.errors import PermanentFailure
 from llm_consumer.events.requests import ContentRequested
 from llm_consumer.events.results import TokenUsage
-from llm_consumer.handlers.base import Deps
-from llm_consumer.prompts.builder import build_prompt, check_context, resolve_theme
-from llm_consumer.providers.base import TextCompletion, TextJob
+from llm_consumer.handlers.base import Deps, Request
+from llm_consumer.handlers.progress import ProgressSink
+from llm_consumer.prompts.builder import (
+    check_context,
+    kind_templates,
+    resolve_theme,
+    system_message,
+    user_message,
+)
+from llm_consumer.prompts.fitting import fit_context, serialize
+from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
 
+log = structlog.get_logger(__name__)
 ContentT = TypeVar("ContentT", bound=BaseModel)
-REFUSAL_MARKERS = ("i'm sorry", "i cannot", "i can't", "as an ai")
+REFUSAL_MARKERS = ("i'm sorry", "i cannot", "i can't", "as an ai", "i am unable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,15 +37,12 @@ class Generated(Generic[ContentT]):
     model_used: str
     fallback_used: bool
     usage: TokenUsage
+    first_try: bool
 
 
 @cache
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()
-
-
-def _parse(model: type[ContentT], completion: TextCompletion) -> ContentT:
-    return model.model_validate_json(completion.text)
 
 
 def _add(a: TokenUsage, b: TokenUsage) -> TokenUsage:
@@ -45,57 +54,84 @@ def _add(a: TokenUsage, b: TokenUsage) -> TokenUsage:
     )
 
 
-def _problem(completion: TextCompletion, error: ValidationError | ValueError) -> str:
-    if not completion.text.strip():
+def problem_with(completion: TextCompletion, model: type[BaseModel]) -> str | None:
+    """Why an answer is unusable (empty, refused, cut off, not the schema), or None if fine."""
+    text = completion.text.strip()
+    if not text:
         return "the answer was empty"
-    if completion.text.lstrip().lower().startswith(REFUSAL_MARKERS):
+    if text.lower().startswith(REFUSAL_MARKERS):
         return "the model refused"
-    if completion.finish_reason == "length":
-        return "the answer was cut off at the token limit"
-    return f"the answer did not match the schema: {str(error).splitlines()[0]}"
+    try:
+        model.model_validate_json(text)
+    except ValidationError as error:
+        if completion.finish_reason == "length":
+            return "the answer was cut off at the token limit"
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "answer"
+        return f"the answer did not match the schema ({where}: {first['msg']})"
+    return None
 
 
-async def generate(
-    data: ContentRequested, deps: Deps, model: type[ContentT]
-) -> Generated[ContentT]:
-    if deps.text is None:
-        raise PermanentFailure("no text provider is configured", code="no_provider")
+def _job(request: Request, deps: Deps, provider: TextProvider,
+         model: type[BaseModel]) -> TextJob:
+    data = request.data
+    assert isinstance(data, ContentRequested)
     check_context(data.kind, data.context)
-    prompt = build_prompt(
-        data.kind, data.context, resolve_theme(data.theme), context_chars=deps.context_chars
-    )
+    template = kind_templates()[data.kind.value]
     options = data.model
-    job = TextJob(
-        system=prompt.system,
-        user=prompt.user,
+    models = provider.models_for(options.name if options else None)
+    desired = options.max_tokens if options and options.max_tokens else template.max_tokens
+    budget = deps.windows.budget_for(models, desired)
+    system = system_message(resolve_theme(data.theme))
+    schema = _schema(model)
+    fixed = system + user_message(template.instruction, "") + orjson.dumps(schema).decode()
+    context, report = fit_context(data.context, fixed_text=fixed, budget=budget,
+                                  keep=frozenset(template.required_context))
+    if report.actions:
+        log.info("context.fitted", window=budget.window, original_tokens=report.original_tokens,
+                 fitted_tokens=report.fitted_tokens, saved_tokens=report.saved_tokens,
+                 exact=report.exact_count, steps=len(report.actions))
+    return TextJob(
+        system=system,
+        user=user_message(template.instruction, serialize(context)),
         schema_name=model.__name__,
-        schema=_schema(model),
+        schema=schema,
         model=options.name if options else None,
         temperature=options.temperature if options else None,
-        max_tokens=(options.max_tokens if options and options.max_tokens else prompt.max_tokens),
+        max_tokens=report.max_tokens,
     )
-    completion = await deps.text.complete(job)
-    try:
-        return Generated(_parse(model, completion), completion.model_used,
-                         completion.fallback_used, completion.usage)
-    except (ValidationError, ValueError) as error:
-        problem = _problem(completion, error)
-    repair = TextJob(
-        system=job.system,
-        user=f"{job.user}\n\nYour previous answer was rejected: {problem}. "
-        "Answer again with one complete JSON object that matches the schema.",
-        schema_name=job.schema_name,
-        schema=job.schema,
-        model=job.model,
-        temperature=job.temperature,
-        max_tokens=job.max_tokens,
-    )
-    second = await deps.text.complete(repair)
-    usage = _add(completion.usage, second.usage)
-    try:
-        return Generated(_parse(model, second), second.model_used, second.fallback_used, usage)
-    except (ValidationError, ValueError) as error:
-        raise PermanentFailure(
-            f"the model's answer was unusable after one repair attempt: {_problem(second, error)}",
-            code="internal",
-        ) from None
+
+
+async def generate(request: Request, deps: Deps, model: type[ContentT]) -> Generated[ContentT]:
+    provider = deps.text
+    if provider is None:
+        raise PermanentFailure("no text provider is configured", code="no_provider")
+    job = _job(request, deps, provider, model)
+    assert isinstance(request.data, ContentRequested)
+    sink: StreamSink | None = ProgressSink(request) if request.data.stream else None
+    completion = await provider.complete(job, sink)
+    problem = problem_with(completion, model)
+    usage = completion.usage
+    first_try = problem is None
+    if problem is not None:
+        log.info("answer.repairing", problem=problem, model=completion.model_used)
+        if sink is not None:
+            await sink.restart(f"answer rejected: {problem}; asking once more")
+        repair = TextJob(
+            system=job.system,
+            user=f"{job.user}\n\nYour previous answer was rejected: {problem}. "
+            "Answer again with one complete JSON object that matches the schema.",
+            schema_name=job.schema_name, schema=job.schema, model=job.model,
+            temperature=job.temperature, max_tokens=job.max_tokens,
+        )
+        completion = await provider.complete(repair, sink)
+        usage = _add(usage, completion.usage)
+        problem = problem_with(completion, model)
+        if problem is not None:
+            raise PermanentFailure(
+                f"the model's answer was unusable after one repair attempt: {problem}",
+                code="internal")
+    log.info("answer.accepted", first_try=first_try, model=completion.model_used,
+             fallback=completion.fallback_used)
+    return Generated(model.model_validate_json(completion.text), completion.model_used,
+                     completion.fallback_used, usage, first_try)

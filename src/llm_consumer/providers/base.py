@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,11 +31,30 @@ class TextCompletion:
     finish_reason: str | None = None
 
 
+class StreamSink(Protocol):
+    """Where a streaming completion sends its text as it arrives."""
+
+    async def delta(self, text: str) -> None: ...
+
+    async def restart(self, reason: str) -> None:
+        """The text sent so far is void: the stream starts again (e.g. on a fallback model)."""
+        ...
+
+
+# Called with (model, response headers, HTTP status) after every provider response, so rate
+# limits can follow what the provider says about its remaining budget.
+HeaderObserver = Callable[[str, Mapping[str, str], int], Awaitable[None]]
+
+
 class TextProvider(Protocol):
     name: str
 
-    async def complete(self, job: TextJob) -> TextCompletion:
-        """Run one completion; raise llm_consumer.errors.* on failure."""
+    def models_for(self, requested: str | None) -> tuple[str, ...]:
+        """The models a job will try, in order (the requested or default one, then fallbacks)."""
+        ...
+
+    async def complete(self, job: TextJob, sink: StreamSink | None = None) -> TextCompletion:
+        """Run one completion (streamed into `sink` when given); raise llm_consumer.errors.*."""
         ...
 
     async def aclose(self) -> None: ...

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_consumer.errors import PermanentFailure, TransientFailure
 from llm_consumer.events.results import TokenUsage
-from llm_consumer.providers.base import TextCompletion, TextJob
+from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -25,16 +28,22 @@ MODEL_NAME = "smollm2-135m-instruct"
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 1024
 MIN_ANSWER_TOKENS = 256
+# llama-cpp-python defaults to none; without it the 135M model sometimes loops on a phrase
+# until max_tokens cuts the JSON (1 in 10 CharacterBackstory answers; 0 in 22 with it).
+REPEAT_PENALTY = 1.1
 # ChatML wrapping: "<|im_start|>role\n…<|im_end|>\n" twice plus "<|im_start|>assistant\n".
 _TEMPLATE_TOKENS = 32
-# llama.cpp's grammar parser rejects a string bounded past ~1000 chars (measured: 1000 parses,
-# 1050 does not), and llama-cpp-python then segfaults instead of raising; keep well under it.
-MAX_GRAMMAR_STRING = 1000
+# The converter nests one group per allowed char and llama.cpp's grammar parser refuses more
+# than ~1000 (maxLength 1001 parses, 1002 does not); llama-cpp-python then segfaults instead
+# of raising. Stay well under it.
+MAX_GRAMMAR_STRING = 800
 # Strings the schema leaves unbounded (list items) get this bound, so that a rambling answer
 # is forced to close its string instead of running into max_tokens as truncated JSON.
 UNBOUNDED_STRING = 300
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'
 _STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+MAX_ENUM_VALUES = 200
+NUMBER_STEP = 0.05
 _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$defs", "$schema"})
 
 
@@ -65,13 +74,32 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
                 out[key] = {name: walk(sub, seen) for name, sub in value.items()}
             elif key not in _ANNOTATIONS:
                 out[key] = walk(value, seen)
+        if out.get("type") in ("integer", "number") and "enum" not in out:
+            out = _bounded_number(out)
         if out.get("type") == "string" and "enum" not in out and "const" not in out:
             bound = out.get("maxLength", UNBOUNDED_STRING)
             out["maxLength"] = min(bound, MAX_GRAMMAR_STRING)
+            if out.get("minLength", 0) > out["maxLength"]:
+                raise ValueError(f"minLength above {MAX_GRAMMAR_STRING} is not supported")
         return out
 
     result: dict[str, Any] = walk(schema, ())
     return result
+
+
+def _bounded_number(node: dict[str, Any]) -> dict[str, Any]:
+    """The grammar ignores minimum/maximum, so a bounded number becomes an enum of the values
+    allowed: every integer of a range up to MAX_ENUM_VALUES long, or 0.05 steps of a short real
+    range (a 0-1 score). Unbounded numbers are left as they are."""
+    low, high = node.get("minimum"), node.get("maximum")
+    if low is None or high is None:
+        return node
+    if node["type"] == "integer" and high - low < MAX_ENUM_VALUES:
+        return {"enum": list(range(math.ceil(low), math.floor(high) + 1))}
+    if node["type"] == "number" and (high - low) / NUMBER_STEP < MAX_ENUM_VALUES:
+        steps = round((high - low) / NUMBER_STEP)
+        return {"enum": [round(low + i * NUMBER_STEP, 4) for i in range(steps + 1)]}
+    return node
 
 
 def schema_grammar(schema: dict[str, Any]) -> str:
@@ -82,7 +110,7 @@ def schema_grammar(schema: dict[str, Any]) -> str:
     """
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    gbnf = json_schema_to_gbnf(json.dumps(inline_schema(schema)))
+    gbnf: str = json_schema_to_gbnf(json.dumps(inline_schema(schema)))
     return gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
@@ -110,6 +138,21 @@ def _not_installed(what: str) -> PermanentFailure:
     )
 
 
+class VocabCounter:
+    """TokenCounter over a vocabulary-only copy of the model, used on the event loop's thread
+    (the full model stays on its worker thread)."""
+
+    exact = True
+
+    def __init__(self, path: str) -> None:
+        from llama_cpp import Llama
+
+        self._vocab = Llama(model_path=path, vocab_only=True, verbose=False)
+
+    def count(self, text: str) -> int:
+        return len(self._vocab.tokenize(text.encode(), add_bos=False, special=False))
+
+
 class LocalTextProvider:
     """TextProvider over an in-process llama.cpp model, loaded lazily and once."""
 
@@ -132,23 +175,48 @@ class LocalTextProvider:
             if self._llama is None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, self._load_sync)
 
-    async def complete(self, job: TextJob) -> TextCompletion:
+    @property
+    def context_window(self) -> int:
+        return self._n_ctx
+
+    @cached_property
+    def token_counter(self) -> VocabCounter:
+        """Exact counts with the model's own vocabulary (loaded alone, in milliseconds)."""
+        return VocabCounter(self._model_path or default_model_path())
+
+    def models_for(self, requested: str | None) -> tuple[str, ...]:
+        """Always the embedded model: a requested model name cannot be served here."""
+        return (MODEL_NAME,)
+
+    async def complete(self, job: TextJob, sink: StreamSink | None = None) -> TextCompletion:
         """Run one JSON-constrained chat completion on the worker thread.
 
-        Cancelling the caller does not interrupt llama.cpp: the call already on the worker thread
-        runs to completion and its result is dropped, so the model is never left half-used.
+        With a sink, text pieces travel from the worker thread to the loop through a queue and
+        reach the sink in order while the model is still writing. Cancelling the caller does
+        not interrupt llama.cpp: the call already on the worker thread runs to completion and
+        its result is dropped, so the model is never left half-used.
         """
         if self._closed:
             raise TransientFailure("the local provider is closed")
-        await self.load()
         loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def emit(piece: str | None) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
         try:
-            return await loop.run_in_executor(self._executor, self._complete_sync, job)
+            await self.load()
+            work = loop.run_in_executor(self._executor, self._complete_sync, job,
+                                        emit if sink else None)
+            if sink is not None:
+                while (piece := await pieces.get()) is not None:
+                    await sink.delta(piece)
+            return await work
         except ValueError as err:
             if "context window" not in str(err):
                 raise
             raise PermanentFailure(str(err), code="context_length_exceeded") from err
-        except RuntimeError as err:  # llama_decode failures and the like
+        except RuntimeError as err:  # llama_decode failures, or closed while waiting
             raise TransientFailure(f"local model failed: {err}") from err
 
     async def aclose(self) -> None:
@@ -167,8 +235,12 @@ class LocalTextProvider:
 
         path = self._model_path or default_model_path()
         try:
-            self._llama = Llama(
-                model_path=path, n_ctx=self._n_ctx, n_threads=self._n_threads, verbose=False
+            self._llama = Llama(  # n_threads_batch defaults to every CPU, not n_threads
+                model_path=path,
+                n_ctx=self._n_ctx,
+                n_threads=self._n_threads,
+                n_threads_batch=self._n_threads,
+                verbose=False,
             )
         except (ValueError, OSError) as err:
             raise PermanentFailure(f"cannot load {path}: {err}", code="no_provider") from err
@@ -200,32 +272,64 @@ class LocalTextProvider:
         wanted = job.max_tokens or DEFAULT_MAX_TOKENS
         return user, min(wanted, self._n_ctx - fixed - len(tokens))
 
-    def _complete_sync(self, job: TextJob) -> TextCompletion:
-        from llama_cpp import LlamaGrammar
+    def _complete_sync(self, job: TextJob,
+                       emit: Callable[[str | None], None] | None = None) -> TextCompletion:
+        from llama_cpp.llama_grammar import LlamaGrammar
 
-        self._load_sync()
-        assert self._llama is not None
-        grammar = LlamaGrammar.from_string(schema_grammar(job.schema), verbose=False)
-        user, max_tokens = self._fit(job)
-        response: Any = self._llama.create_chat_completion(
-            messages=[
-                {"role": "system", "content": job.system},
-                {"role": "user", "content": user},
-            ],
-            grammar=grammar,
-            max_tokens=max_tokens,
-            temperature=DEFAULT_TEMPERATURE if job.temperature is None else job.temperature,
-        )
-        choice = response["choices"][0]
-        usage = response.get("usage") or {}
+        try:
+            self._load_sync()
+            assert self._llama is not None
+            grammar = LlamaGrammar.from_string(schema_grammar(job.schema), verbose=False)
+            user, max_tokens = self._fit(job)
+            messages: Any = [{"role": "system", "content": job.system},
+                             {"role": "user", "content": user}]
+            options: dict[str, Any] = {
+                "grammar": grammar, "max_tokens": max_tokens, "repeat_penalty": REPEAT_PENALTY,
+                "temperature": DEFAULT_TEMPERATURE if job.temperature is None
+                else job.temperature,
+            }
+            if emit is None:
+                response: Any = self._llama.create_chat_completion(messages=messages, **options)
+                choice = response["choices"][0]
+                text, finish = choice["message"]["content"] or "", choice.get("finish_reason")
+                reported = response.get("usage") or {}
+            else:
+                reported = {}
+                text, finish = self._stream_sync(messages, options, emit)
+        finally:
+            if emit is not None:
+                emit(None)
+        # Streams carry no usage: count with the model's own tokenizer then.
+        prompt_tokens = reported.get("prompt_tokens") or self._count_messages(job.system, user)
+        completion_tokens = reported.get("completion_tokens") or len(
+            self._llama.tokenize(text.encode(), add_bos=False, special=False))
         return TextCompletion(
-            text=choice["message"]["content"] or "",
+            text=text,
             model_used=MODEL_NAME,
-            usage=TokenUsage(
-                prompt_tokens=usage.get("prompt_tokens", 0),
-                completion_tokens=usage.get("completion_tokens", 0),
-                total_tokens=usage.get("total_tokens", 0),
-                estimated=False,
-            ),
-            finish_reason=choice.get("finish_reason"),
+            usage=TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                             total_tokens=prompt_tokens + completion_tokens, estimated=False),
+            finish_reason=finish,
         )
+
+    def _stream_sync(self, messages: Any, options: dict[str, Any],
+                     emit: Callable[[str | None], None]) -> tuple[str, str | None]:
+        assert self._llama is not None
+        parts: list[str] = []
+        finish: str | None = None
+        chunks: Any = self._llama.create_chat_completion(messages=messages, stream=True,
+                                                         **options)
+        for chunk in chunks:
+            choice: Any = chunk["choices"][0]
+            piece = choice["delta"].get("content")
+            if piece:
+                parts.append(piece)
+                emit(piece)
+            finish = choice.get("finish_reason") or finish
+        return "".join(parts), finish
+
+    def _count_messages(self, system: str, user: str) -> int:
+        """Prompt tokens as the model counts them (llama.cpp's own usage, made exact)."""
+        assert self._llama is not None
+        text = system + user
+        return len(self._llama.tokenize(text.encode(), add_bos=False, special=False)) + (
+            _TEMPLATE_TOKENS)

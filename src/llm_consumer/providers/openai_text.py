@@ -1,168 +1,180 @@
-"""OpenAI chat completions with structured output, vendor errors translated at this boundary."""
+"""OpenAI (or any OpenAI-compatible server) chat completions with structured output.
+
+One job walks the model chain (requested or default model, then `OPENAI_FALLBACK_MODELS`):
+`fallback_policy.next_step` decides after each failure. The SDK's own retries are off so that
+calls never multiply behind our back. A stream that breaks after text was sent restarts on the
+next model and tells the sink to drop what it had.
+"""
 
 from __future__ import annotations
 
-import email.utils
+import asyncio
 import math
-import time
 from collections.abc import Mapping
-from datetime import UTC
+from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+import structlog
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.events.results import TokenUsage
-from llm_consumer.providers.base import TextCompletion, TextJob
+from llm_consumer.providers.base import HeaderObserver, StreamSink, TextCompletion, TextJob
+from llm_consumer.providers.fallback_policy import next_step
+from llm_consumer.providers.openai_errors import translate_error
 
-_CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
+log = structlog.get_logger(__name__)
 
 
-def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms` (ms) or `retry-after` (seconds or an HTTP date).
-
-    Names match case-insensitively; unparsable or non-finite values are ignored, past dates give 0.
-    """
-    lowered = {key.lower(): value for key, value in headers.items()}
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = lowered.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            continue
-        if math.isfinite(value) and value >= 0:
-            return value / divisor
-    raw_date = lowered.get("retry-after")
-    if raw_date is None:
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(raw_date.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed.tzinfo is None:  # "-0000" zones parse naive; HTTP dates are always UTC
-        parsed = parsed.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, parsed.timestamp() - current)
+class StreamBroken(TransientFailure):
+    """The connection dropped after some text had been streamed."""
 
 
 def _estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def _error_fields(err: openai.APIStatusError) -> tuple[str, str]:
-    """(code, message) from OpenAI's error body, which the SDK already unwrapped from `error`."""
-    body = err.body if isinstance(err.body, Mapping) else {}
-    code = err.code or str(body.get("code") or "") or str(body.get("type") or "")
-    message = str(body.get("message") or err.message)
-    return code, message
+def _usage(job: TextJob, text: str, reported: Any) -> TokenUsage:
+    if reported is not None:
+        return TokenUsage(prompt_tokens=reported.prompt_tokens,
+                          completion_tokens=reported.completion_tokens,
+                          total_tokens=reported.total_tokens)
+    prompt, completion = _estimate_tokens(job.system + job.user), _estimate_tokens(text)
+    return TokenUsage(prompt_tokens=prompt, completion_tokens=completion,
+                      total_tokens=prompt + completion, estimated=True)
 
 
-def _translate_status(err: openai.APIStatusError, model: str) -> ServiceError:
-    status = err.status_code
-    code, message = _error_fields(err)
-    detail = f"openai {status}: {message}"
-    if status == 429:
-        if code == "insufficient_quota" or err.type == "insufficient_quota":
-            return PermanentFailure(detail, code="quota_exhausted")
-        retry_after = retry_after_seconds(err.response.headers)
-        return TransientFailure(detail, code="rate_limited", retry_after_s=retry_after)
-    if status in (400, 422):
-        if code == "context_length_exceeded":
-            return PermanentFailure(detail, code="context_length_exceeded")
-        if code in _CONTENT_POLICY_CODES or "safety system" in message.lower():
-            return PermanentFailure(detail, code="content_policy")
-        return PermanentFailure(detail, code="invalid_request")
-    if status in (401, 403):
-        return PermanentFailure(
-            f"openai rejected the API key ({status}): {message}", code="no_provider"
-        )
-    if status == 404:
-        return PermanentFailure(
-            f"openai has no model {model!r} (or no access to it): {message}", code="no_provider"
-        )
-    if status == 408:
-        return TransientFailure(detail, code="timeout")
-    if status == 409 or status >= 500:
-        return TransientFailure(detail, code="provider_unavailable")
-    return PermanentFailure(detail, code="invalid_request")
-
-
-def translate_error(err: openai.OpenAIError, model: str) -> ServiceError:
-    """Map one SDK exception onto the llm_consumer error tree."""
-    if isinstance(err, openai.APITimeoutError):
-        return TransientFailure(f"openai request timed out ({model})", code="timeout")
-    if isinstance(err, openai.APIConnectionError):
-        return TransientFailure(f"openai unreachable: {err.message}", code="provider_unavailable")
-    if isinstance(err, openai.APIStatusError):
-        return _translate_status(err, model)
-    # Malformed responses and anything else the SDK raises: the provider misbehaved.
-    return TransientFailure(f"openai error: {err}", code="provider_unavailable")
+def _check_answer(text: str, refusal: str | None, finish_reason: str | None) -> None:
+    if refusal:
+        raise PermanentFailure(f"openai refused: {refusal}", code="content_policy")
+    if finish_reason == "content_filter" and not text:
+        raise PermanentFailure("openai filtered the answer", code="content_policy")
 
 
 class OpenAITextProvider:
     name = "openai"
 
-    def __init__(self, api_key: str, *, base_url: str | None, model: str, timeout_s: float) -> None:
+    def __init__(self, api_key: str, *, base_url: str | None, model: str, timeout_s: float,
+                 fallback_models: tuple[str, ...] = (),
+                 observe: HeaderObserver | None = None) -> None:
         self.model = model
+        self._fallbacks = fallback_models
+        self._observe = observe
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
-        )
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
 
-    async def complete(self, job: TextJob) -> TextCompletion:
-        model = job.model or self.model
+    def models_for(self, requested: str | None) -> tuple[str, ...]:
+        chain = (requested or self.model, *self._fallbacks)
+        return tuple(dict.fromkeys(chain))
+
+    async def complete(self, job: TextJob, sink: StreamSink | None = None) -> TextCompletion:
+        models = self.models_for(job.model)
+        index, waits = 0, 0
+        while True:
+            model = models[index]
+            try:
+                completion = await (self._stream(job, model, sink) if sink
+                                    else self._plain(job, model))
+            except ServiceError as error:
+                step = next_step(error, has_next_model=index + 1 < len(models),
+                                 waits_used=waits)
+                log.info("provider.failed", model=model, code=error.code, step=step.action)
+                if step.action == "raise":
+                    if isinstance(error, StreamBroken) and sink is not None:
+                        await sink.restart(f"stream from {model} broke; retrying later")
+                    raise
+                if step.action == "wait":
+                    waits += 1
+                    await asyncio.sleep(step.delay_s)
+                    continue
+                index += 1
+                if isinstance(error, StreamBroken) and sink is not None:
+                    await sink.restart(f"stream from {model} broke; restarting on "
+                                       f"{models[index]}")
+                continue
+            fallback = index > 0
+            return TextCompletion(text=completion.text, model_used=completion.model_used,
+                                  usage=completion.usage, fallback_used=fallback,
+                                  finish_reason=completion.finish_reason)
+
+    def _request(self, job: TextJob, model: str) -> dict[str, Any]:
         messages: list[ChatCompletionMessageParam] = [
             {"role": "system", "content": job.system},
             {"role": "user", "content": job.user},
         ]
+        return {
+            "model": model,
+            "messages": messages,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": job.schema_name, "schema": job.schema, "strict": False}},
+            "max_completion_tokens": openai.omit if job.max_tokens is None else job.max_tokens,
+            "temperature": openai.omit if job.temperature is None else job.temperature,
+        }
+
+    async def _call(self, **kwargs: Any) -> Any:
+        """One HTTP call; headers go to the observer, errors are translated."""
+        model = str(kwargs["model"])
         try:
-            response: ChatCompletion = await self._client.chat.completions.create(
-                model=model,
-                messages=messages,
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {"name": job.schema_name, "schema": job.schema, "strict": False},
-                },
-                max_completion_tokens=openai.omit if job.max_tokens is None else job.max_tokens,
-                temperature=openai.omit if job.temperature is None else job.temperature,
-            )
+            raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
+        except openai.APIStatusError as err:
+            await self._notify(model, err.response.headers, err.status_code)
+            raise translate_error(err, model) from err
         except openai.OpenAIError as err:
             raise translate_error(err, model) from err
-        return self._to_completion(job, response)
+        await self._notify(model, raw.headers, raw.status_code)
+        return raw.parse()
 
-    def _to_completion(self, job: TextJob, response: ChatCompletion) -> TextCompletion:
+    async def _notify(self, model: str, headers: Mapping[str, str], status: int) -> None:
+        if self._observe is not None:
+            try:
+                await self._observe(model, headers, status)
+            except Exception:  # the observer must never fail a generation
+                log.warning("provider.observer_failed", exc_info=True)
+
+    async def _plain(self, job: TextJob, model: str) -> TextCompletion:
+        response: ChatCompletion = await self._call(**self._request(job, model))
         if not response.choices:
             raise TransientFailure("openai answered with no choices", code="provider_unavailable")
         choice = response.choices[0]
-        if choice.message.refusal:
-            raise PermanentFailure(
-                f"openai refused: {choice.message.refusal}", code="content_policy"
-            )
         text = choice.message.content or ""
-        if choice.finish_reason == "content_filter" and not text:
-            raise PermanentFailure("openai filtered the answer", code="content_policy")
-        if response.usage is not None:
-            usage = TokenUsage(
-                prompt_tokens=response.usage.prompt_tokens,
-                completion_tokens=response.usage.completion_tokens,
-                total_tokens=response.usage.total_tokens,
-            )
-        else:
-            prompt = _estimate_tokens(job.system + job.user)
-            completion = _estimate_tokens(text)
-            usage = TokenUsage(
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                total_tokens=prompt + completion,
-                estimated=True,
-            )
-        return TextCompletion(
-            text=text,
-            model_used=response.model,
-            usage=usage,
-            finish_reason=choice.finish_reason,
-        )
+        _check_answer(text, choice.message.refusal, choice.finish_reason)
+        return TextCompletion(text=text, model_used=response.model,
+                              usage=_usage(job, text, response.usage),
+                              finish_reason=choice.finish_reason)
+
+    async def _stream(self, job: TextJob, model: str, sink: StreamSink) -> TextCompletion:
+        stream = await self._call(stream=True, stream_options={"include_usage": True},
+                                  **self._request(job, model))
+        parts: list[str] = []
+        refusal: list[str] = []
+        finish_reason: str | None = None
+        usage: Any = None
+        model_used = model
+        try:
+            async for chunk in stream:
+                assert isinstance(chunk, ChatCompletionChunk)
+                model_used = chunk.model or model_used
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                finish_reason = choice.finish_reason or finish_reason
+                if choice.delta.refusal:
+                    refusal.append(choice.delta.refusal)
+                if choice.delta.content:
+                    parts.append(choice.delta.content)
+                    await sink.delta(choice.delta.content)
+        except openai.OpenAIError as err:
+            error = translate_error(err, model)
+            if parts:
+                raise StreamBroken(f"stream broke after {len(parts)} chunks: {error.message}",
+                                   code="provider_unavailable") from err
+            raise error from err
+        text = "".join(parts)
+        _check_answer(text, "".join(refusal) or None, finish_reason)
+        return TextCompletion(text=text, model_used=model_used, usage=_usage(job, text, usage),
+                              finish_reason=finish_reason)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -1,0 +1,71 @@
+"""Token counting: exact where a tokenizer is available offline (OpenAI's, shipped by
+`bpe-openai`; the embedded model's own vocabulary), a calibrated over-estimate otherwise.
+
+The estimate counts by character class: letters at 3 per token, each digit, each space before
+a digit, each symbol as a token, non-ASCII characters at 1.6 tokens, plus 10%. Calibrated in
+`tests/prompts/test_tokens.py` to stay above o200k, cl100k and SmolLM2's tokenizer on prose,
+JSON sheets, number lists, non-Latin names and symbol runs (SmolLM2 splits digits one by one,
+which is why digits count fully).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Protocol
+
+LETTERS_PER_TOKEN = 3.0
+NON_ASCII_TOKENS = 1.6
+ESTIMATE_MARGIN = 1.1
+MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each chat message
+_LETTER = re.compile(r"[A-Za-z]")
+_ONE_TOKEN = re.compile(r"\d|\s(?=\d)|[^\sA-Za-z\d\x80-\U0010ffff]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+O200K_PREFIXES = ("gpt-5", "gpt-4o", "gpt-4.1", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss")
+CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35")
+
+
+class TokenCounter(Protocol):
+    exact: bool
+
+    def count(self, text: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatedCounter:
+    exact: bool = False
+
+    def count(self, text: str) -> int:
+        tokens = (len(_LETTER.findall(text)) / LETTERS_PER_TOKEN
+                  + len(_ONE_TOKEN.findall(text))
+                  + len(_NON_ASCII.findall(text)) * NON_ASCII_TOKENS)
+        return math.ceil(tokens * ESTIMATE_MARGIN)
+
+
+class BpeCounter:
+    exact = True
+
+    def __init__(self, encoding_name: str) -> None:
+        import bpe_openai
+
+        self._encoding = bpe_openai.get_encoding(encoding_name)
+
+    def count(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text))
+
+
+@cache
+def _bpe(encoding_name: str) -> BpeCounter:
+    return BpeCounter(encoding_name)
+
+
+def counter_for(model: str) -> TokenCounter:
+    name = model.lower().split("/")[-1]
+    if name.startswith(O200K_PREFIXES):
+        return _bpe("o200k_base")
+    if name.startswith(CL100K_PREFIXES):
+        return _bpe("cl100k_base")
+    return EstimatedCounter()
