@@ -1,19 +1,171 @@
-"""Image kinds. No image provider is wired in this build: every kind ends in a clear
-`generation.failed` (`no_provider`) instead of vanishing."""
+"""Image kinds: text to image, transform, enhance and variations, ending in `image.generated`.
+
+Every image a provider returns is decoded and checked before it is stored; the event carries
+what a peer needs to fetch and verify it (url, key, size, sha256) and the quality report.
+"""
 
 from __future__ import annotations
 
-from llm_consumer.errors import PermanentFailure
-from llm_consumer.events.requests import ImageKind
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llm_consumer.errors import InvalidRequest, PermanentFailure, TransientFailure
+from llm_consumer.events import catalog
+from llm_consumer.events.requests import TEXT_TO_IMAGE_KINDS, ImageKind, ImageRequested
+from llm_consumer.events.results import ImageGenerated
 from llm_consumer.handlers.base import Deps, Reply, Request
+from llm_consumer.images.processing import (
+    Decoded,
+    UnreadableImage,
+    check_dimensions,
+    encode,
+    fit_within,
+    split_grid,
+    tile,
+)
+from llm_consumer.images.prompting import GRID_COLS, GRID_ROWS, build_image_prompt
+from llm_consumer.images.service import ImageService, checked_output
+from llm_consumer.images.visual_themes import VisualLook, resolve_visual_theme
+from llm_consumer.providers.images_base import ImageJob, ImageProvider, Operation
+
+DEFAULT_SIZES = {ImageKind.PORTRAIT: (768, 1024), ImageKind.LOCATION: (1216, 832),
+                 ImageKind.ITEM: (1024, 1024)}
+GRID_CELL_SIDE = 512  # longest side of one panel of a variations grid
+MAX_TRANSFORM_SIDE = 1536  # larger sources are scaled down before a transform
+UPSCALE_FACTOR = 2  # what both providers' upscale step gives
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    images: list[Decoded]
+    models: tuple[str, ...]
+    prompt: str | None = None
+
+
+def _image_request(request: Request) -> ImageRequested:
+    assert isinstance(request.data, ImageRequested)
+    return request.data
 
 
 async def handle_image(request: Request, deps: Deps) -> list[Reply]:
-    raise PermanentFailure(
-        "no image provider is available in this build (GetImg.AI and OpenAI images are "
-        "not wired yet)",
-        code="no_provider",
-    )
+    data = _image_request(request)
+    service = deps.images
+    if service is None:
+        raise PermanentFailure("no image service is configured in this process",
+                               code="no_provider")
+    provider = service.provider_for(data.options.provider)
+    look = resolve_visual_theme(data.theme)
+    if data.kind in TEXT_TO_IMAGE_KINDS:
+        produced = await _text_to_image(data, look, provider)
+    elif data.kind == ImageKind.ENHANCE:
+        source = await _source(data, service)
+        produced = await _enhance(data, [source], provider, data.options.enhance or ["upscale"])
+    else:
+        source = await _source(data, service)
+        runner = _transform if data.kind == ImageKind.TRANSFORM else _variations
+        produced = await runner(data, look, provider, source)
+    if data.options.enhance and data.kind != ImageKind.ENHANCE:
+        enhanced = await _enhance(data, produced.images, provider, data.options.enhance)
+        produced = Produced(enhanced.images, produced.models + enhanced.models, produced.prompt)
+    stored = await service.keep(request.id, produced.images, data.options.output_format,
+                                look.palette)
+    return [Reply(catalog.IMAGE_GENERATED, ImageGenerated(
+        request_id=request.id, kind=data.kind.value, images=stored, provider=provider.name,
+        model_used="+".join(dict.fromkeys(produced.models)), prompt=produced.prompt,
+        palette=look.palette_hex, duration_ms=request.elapsed_ms()))]
+
+
+async def _source(data: ImageRequested, service: ImageService) -> Decoded:
+    assert data.source_image is not None  # the request model requires it for these kinds
+    return await service.load_source(data.source_image)
+
+
+async def _run(provider: ImageProvider, job: ImageJob) -> tuple[list[Decoded], str]:
+    result = await provider.run(job)
+    return await asyncio.to_thread(_checked_all, result.images, provider.name), result.model_used
+
+
+def _checked_all(images: Sequence[bytes], provider: str) -> list[Decoded]:
+    """Decoding is CPU work: it runs in a thread (Pillow releases the GIL) off the event loop."""
+    return [checked_output(image, provider) for image in images]
+
+
+async def _text_to_image(data: ImageRequested, look: VisualLook,
+                         provider: ImageProvider) -> Produced:
+    prompt = build_image_prompt(data, look)
+    width, height = DEFAULT_SIZES[data.kind]
+    options = data.options
+    images, model = await _run(provider, ImageJob(
+        "generate", prompt=prompt.text, negative_prompt=prompt.negative,
+        width=options.width or width, height=options.height or height, count=options.count,
+        seed=options.seed, output_format=options.output_format, model=options.model))
+    return Produced(images, (model,), prompt.text)
+
+
+async def _transform(data: ImageRequested, look: VisualLook, provider: ImageProvider,
+                     source: Decoded) -> Produced:
+    prompt = build_image_prompt(data, look)
+    options = data.options
+    source = await asyncio.to_thread(fit_within, source, MAX_TRANSFORM_SIDE)
+    images, model = await _run(provider, ImageJob(
+        "edit", prompt=prompt.text, negative_prompt=prompt.negative, sources=(source.data,),
+        width=options.width or source.width, height=options.height or source.height,
+        count=options.count, seed=options.seed, output_format=options.output_format,
+        model=options.model))
+    return Produced(images, (model,), prompt.text)
+
+
+async def _variations(data: ImageRequested, look: VisualLook, provider: ImageProvider,
+                      source: Decoded) -> Produced:
+    """One generation of a grid made of the source, split into its trimmed panels."""
+    prompt = build_image_prompt(data, look)
+    scale = GRID_CELL_SIDE / max(source.width, source.height)
+    cell = (max(64, round(source.width * scale / 64) * 64),
+            max(64, round(source.height * scale / 64) * 64))
+    grid = await asyncio.to_thread(
+        lambda: encode(tile(source.image, GRID_ROWS, GRID_COLS, cell), "png"))
+    options = data.options
+    [answer], model = await _run(provider, ImageJob(
+        "edit", prompt=prompt.text, negative_prompt=prompt.negative, sources=(grid,),
+        width=cell[0] * GRID_COLS, height=cell[1] * GRID_ROWS, seed=options.seed,
+        output_format="png", model=options.model, strength=0.45))
+    wanted = options.count if "count" in options.model_fields_set else GRID_ROWS * GRID_COLS
+    panels = await asyncio.to_thread(lambda: [
+        encode(panel, "png") for panel in split_grid(answer.image, GRID_ROWS, GRID_COLS)])
+    return Produced(await asyncio.to_thread(_checked_all, panels[:wanted], provider.name),
+                    (model,), prompt.text)
+
+
+async def _enhance(data: ImageRequested, images: list[Decoded], provider: ImageProvider,
+                   steps: Sequence[Operation]) -> Produced:
+    """Each image through each step in order (upscale, face fix), each result checked."""
+    models: list[str] = []
+    done = []
+    for image in images:
+        current = image
+        for step in steps:
+            if step == "upscale":
+                _check_upscalable(current)
+            [current_next], model = await _run(provider, ImageJob(
+                step, sources=(current.data,), width=current.width, height=current.height,
+                output_format=data.options.output_format))
+            if step == "upscale" and current_next.width <= current.width:
+                raise TransientFailure(f"{provider.name} upscale returned "
+                                       f"{current_next.width}x{current_next.height} for a "
+                                       f"{current.width}x{current.height} image")
+            current = current_next
+            models.append(model)
+        done.append(current)
+    return Produced(done, tuple(models))
+
+
+def _check_upscalable(image: Decoded) -> None:
+    try:
+        check_dimensions(image.width * UPSCALE_FACTOR, image.height * UPSCALE_FACTOR)
+    except UnreadableImage as err:
+        raise InvalidRequest(
+            f"cannot upscale a {image.width}x{image.height} image: {err}") from None
 
 
 IMAGE_HANDLERS = {kind: handle_image for kind in ImageKind}

@@ -1,0 +1,1 @@
+"""Images: source fetching (SSRF-safe), decoding and checks, visual themes, storage."""

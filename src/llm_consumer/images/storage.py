@@ -1,0 +1,169 @@
+"""Where images live: a directory (`file://DIR`) or an S3 bucket (`s3://bucket/prefix`).
+
+Keys are made here, never taken from a request: `images/<request>/<index>.<ext>`, where
+<request> is the request id when it is a plain token (a UUID) and a hash of it otherwise. A
+`source_image.ref` must match that shape exactly, so it can only name what this service stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from llm_consumer.errors import InvalidRequest, TransientFailure
+from llm_consumer.images.processing import EXTENSIONS, OutputFormat
+
+KEY_RE = re.compile(r"images/[A-Za-z0-9_-]{1,64}/[0-9]{1,2}\.(png|jpg|webp)")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def image_key(request_id: str, index: int, fmt: OutputFormat) -> str:
+    folder = request_id if _TOKEN_RE.fullmatch(request_id) else (
+        hashlib.sha256(request_id.encode()).hexdigest()[:32])
+    return f"images/{folder}/{index}.{EXTENSIONS[fmt]}"
+
+
+def check_key(key: str) -> str:
+    if not KEY_RE.fullmatch(key):
+        raise InvalidRequest("source_image.ref is not a key of an image this service stored "
+                             "(expected images/<id>/<n>.<png|jpg|webp>)")
+    return key
+
+
+class ImageStore(Protocol):
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        """Store `data` under `key`; return the URL peers fetch it from."""
+        ...
+
+    async def get(self, key: str, *, max_bytes: int) -> bytes:
+        """Read back a stored image; InvalidRequest when there is none (or it is too large)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class FileStore:
+    def __init__(self, root: Path, *, public_base_url: str | None = None) -> None:
+        self.root = root.resolve()
+        self._public = public_base_url
+
+    def path_of(self, key: str) -> Path:
+        path = (self.root / check_key(key)).resolve()
+        if not path.is_relative_to(self.root):  # a symlink planted inside the store
+            raise InvalidRequest("source_image.ref points outside the image store")
+        return path
+
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        path = self.path_of(key)
+        try:
+            await asyncio.to_thread(_write_atomically, path, data)
+        except OSError as err:
+            raise TransientFailure(f"image store unavailable: {err}") from err
+        return f"{self._public}{key}" if self._public else path.as_uri()
+
+    async def get(self, key: str, *, max_bytes: int) -> bytes:
+        path = self.path_of(key)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise InvalidRequest(f"no stored image under {key}") from None
+        if size > max_bytes:
+            raise InvalidRequest(f"stored image {key} is larger than {max_bytes} bytes")
+        return await asyncio.to_thread(path.read_bytes)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+class S3Store:
+    def __init__(self, bucket: str, prefix: str, options: S3Options, *,
+                 public_base_url: str | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._options = options
+        self._public = public_base_url
+        self._client = boto3.session.Session().client(
+            "s3", endpoint_url=options.endpoint_url, region_name=options.region,
+            aws_access_key_id=options.access_key_id,
+            aws_secret_access_key=options.secret_access_key,
+            config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2},
+                          s3={"addressing_style": "path" if options.endpoint_url else "auto"}))
+
+    def url_of(self, key: str) -> str:
+        if self._public:
+            return f"{self._public}{key}"
+        if self._options.endpoint_url:
+            return f"{self._options.endpoint_url.rstrip('/')}/{self.bucket}/{self.prefix}{key}"
+        region = self._options.region or "us-east-1"
+        return f"https://{self.bucket}.s3.{region}.amazonaws.com/{self.prefix}{key}"
+
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        check_key(key)
+        try:
+            await asyncio.to_thread(
+                self._client.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data,
+                ContentType=content_type,
+                Metadata={"sha256": hashlib.sha256(data).hexdigest()})
+        except (BotoCoreError, ClientError) as err:
+            raise TransientFailure(f"image store unavailable: {err}") from err
+        return self.url_of(key)
+
+    async def get(self, key: str, *, max_bytes: int) -> bytes:
+        check_key(key)
+        try:
+            answer = await asyncio.to_thread(
+                self._client.get_object, Bucket=self.bucket, Key=self.prefix + key)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise InvalidRequest(f"no stored image under {key}") from None
+            raise TransientFailure(f"image store unavailable: {err}") from err
+        except BotoCoreError as err:
+            raise TransientFailure(f"image store unavailable: {err}") from err
+        body = answer["Body"]
+        try:
+            if int(answer.get("ContentLength", 0)) > max_bytes:
+                raise InvalidRequest(f"stored image {key} is larger than {max_bytes} bytes")
+            return await asyncio.to_thread(body.read)
+        finally:
+            body.close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._client.close)
+
+
+def open_store(url: str, *, s3: S3Options, public_base_url: str | None = None) -> ImageStore:
+    """The store an `IMAGE_STORE_URL` names (validated by the settings)."""
+    if url.startswith("s3://"):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        return S3Store(bucket, prefix, s3, public_base_url=public_base_url)
+    return FileStore(Path(url.removeprefix("file://")), public_base_url=public_base_url)
