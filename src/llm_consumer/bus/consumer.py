@@ -20,9 +20,10 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel
 
 from llm_consumer.auth import Principal, TokenVerifier, require
-from llm_consumer.bus.publisher import ATTEMPT_HEADER, Publisher
-from llm_consumer.bus.retry import retry_delay
+from llm_consumer.bus.publisher import ATTEMPT_HEADER, DEFERRED_HEADER, Publisher
+from llm_consumer.bus.retry import deferral_delay, retry_delay
 from llm_consumer.errors import (
+    Deferred,
     InvalidRequest,
     PermanentFailure,
     RejectedMessage,
@@ -40,6 +41,7 @@ from llm_consumer.events.requests import (
 )
 from llm_consumer.events.results import ErrorInfo, GenerationFailed, JobState, JobStatus
 from llm_consumer.handlers.base import Deps, Reply, Request
+from llm_consumer.handlers.pipeline import guarded
 from llm_consumer.handlers.routes import route
 from llm_consumer.store.jobs import JobLedger
 
@@ -58,6 +60,7 @@ class ConsumerConfig:
     request_deadline_s: float
     shutdown_grace_s: float
     work_queue: str  # retry and replay copies arrive through the default exchange under this key
+    max_defer_s: float = 600.0  # total rate-limit wait in delay queues before `rate_limited`
 
 
 class Stats:
@@ -236,7 +239,7 @@ class Consumer:
     async def _run_job(self, request: Request) -> list[Reply] | ServiceError:
         """Run the handler as its own task, so job.cancel and the deadline can stop it alone."""
         env = request.envelope
-        job = asyncio.create_task(route(env.type, request.data)(request, self._deps))
+        job = asyncio.create_task(guarded(route(env.type, request.data))(request, self._deps))
         self._running[env.id] = job
         try:
             async with asyncio.timeout(self._config.request_deadline_s):
@@ -286,8 +289,15 @@ class Consumer:
     async def _fail(self, message: AbstractIncomingMessage, env: Envelope,
                     data: ContentRequested | ImageRequested, failure: ServiceError,
                     attempt: int) -> str:
+        if isinstance(failure, Deferred):
+            if await self._defer(message, env, failure, attempt):
+                return "deferred"
+            failure = Deferred(f"{failure.message}; gave up after {_deferred_s(message):g}s of "
+                               "waiting (RATE_LIMIT_MAX_WAIT_S)",
+                               retry_after_s=failure.retry_after_s)
         log.warning("request.failed", code=failure.code, reason=failure.message, attempt=attempt)
-        if isinstance(failure, TransientFailure) and attempt + 1 < self._config.max_attempts:
+        if (isinstance(failure, TransientFailure) and not isinstance(failure, Deferred)
+                and attempt + 1 < self._config.max_attempts):
             await self._ledger.release(env.id)
             delay = retry_delay(attempt, failure.retry_after_s)
             await self._publisher.retry_later(message, attempt=attempt + 1, delay_s=delay)
@@ -316,6 +326,23 @@ class Consumer:
         await message.ack()
         return failure.code
 
+    async def _defer(self, message: AbstractIncomingMessage, env: Envelope, failure: Deferred,
+                     attempt: int) -> bool:
+        """Over a rate limit: to a delay queue with the same attempt, while the total wait
+        stays under `max_defer_s`; False when it is used up."""
+        waited = _deferred_s(message)
+        if waited >= self._config.max_defer_s:
+            return False
+        delay = deferral_delay(min(failure.retry_after_s, self._config.max_defer_s - waited))
+        await self._ledger.release(env.id)
+        await self._publisher.retry_later(message, attempt=attempt, delay_s=delay,
+                                          deferred_s=waited + delay)
+        await self._status(env, "deferred", attempt, message.reply_to)
+        await message.ack()
+        log.info("request.deferred", reason=failure.message, delay_s=delay,
+                 waited_s=waited + delay)
+        return True
+
     # -- control ----------------------------------------------------------------------------
 
     async def _control(self, parsed: Parsed, principal: Principal) -> None:
@@ -328,8 +355,12 @@ class Consumer:
             log.info("job.cancel", target=data.request_id, running_here=job is not None,
                      by=principal.subject)
         elif isinstance(data, CacheInvalidate):
-            log.info("cache.invalidate", target_kind=data.kind, cached_entries=0,
-                     note="this build keeps no response cache")
+            kind = data.kind.value if data.kind else None
+            guard = self._deps.guard
+            removed = (await guard.invalidate(kind, event_id=parsed.envelope.id)
+                       if guard is not None else 0)
+            log.info("cache.invalidate", target_kind=kind, removed=removed,
+                     handled_by_peer=removed is None, by=principal.subject)
         else:  # pragma: no cover - the catalog lists only these control types
             raise InvalidRequest(f"unhandled control event {parsed.envelope.type}")
 
@@ -357,6 +388,11 @@ def _encode(event: Envelope) -> bytes:
 def _attempt(message: AbstractIncomingMessage) -> int:
     value = (message.headers or {}).get(ATTEMPT_HEADER, 0)
     return value if isinstance(value, int) and 0 <= value < 1000 else 0
+
+
+def _deferred_s(message: AbstractIncomingMessage) -> float:
+    value = (message.headers or {}).get(DEFERRED_HEADER, 0)
+    return float(value) if isinstance(value, int | float) and value >= 0 else 0.0
 
 
 def _is_auth_error(error: RejectedMessage) -> bool:

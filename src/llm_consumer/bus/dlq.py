@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from llm_consumer.bus.publisher import (
     ATTEMPT_HEADER,
+    DEFERRED_HEADER,
     ERROR_CODE_HEADER,
     ERROR_MESSAGE_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
@@ -26,7 +27,7 @@ from llm_consumer.bus.publisher import (
 from llm_consumer.bus.topology import Topology
 from llm_consumer.events.parsing import peek
 
-DIAGNOSTIC_HEADERS = (ATTEMPT_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER,
+DIAGNOSTIC_HEADERS = (ATTEMPT_HEADER, DEFERRED_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER,
                       ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, "x-death",
                       "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
                       "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")

@@ -23,6 +23,7 @@ from llm_consumer.events.envelope import CLOUDEVENTS_CONTENT_TYPE, Envelope, enc
 log = structlog.get_logger(__name__)
 
 ATTEMPT_HEADER = "x-attempt"
+DEFERRED_HEADER = "x-deferred-s"  # seconds a request has waited in delay queues for rate limits
 ERROR_CODE_HEADER = "x-error-code"
 ERROR_MESSAGE_HEADER = "x-error-message"
 ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
@@ -100,11 +101,14 @@ class Publisher:
             log.info("reply_to.gone", reply_to=reply_to, event_type=envelope.type)
 
     async def retry_later(self, incoming: AbstractIncomingMessage, *, attempt: int,
-                          delay_s: float) -> int:
-        """Send a copy to the delay queue that fits `delay_s`; it returns to the work queue."""
+                          delay_s: float, deferred_s: float | None = None) -> int:
+        """Send a copy to the delay queue that fits `delay_s`; it returns to the work queue.
+        `deferred_s`: the total rate-limit wait so far, carried in DEFERRED_HEADER."""
         step, queue = self._topology.delay_queue_for(delay_s)
-        await self._default().publish(copy_of(incoming, {ATTEMPT_HEADER: attempt}),
-                                      routing_key=queue.name)
+        headers: dict[str, object] = {ATTEMPT_HEADER: attempt}
+        if deferred_s is not None:
+            headers[DEFERRED_HEADER] = round(deferred_s, 3)
+        await self._default().publish(copy_of(incoming, headers), routing_key=queue.name)
         return step
 
     async def dead_letter(self, incoming: AbstractIncomingMessage, *, code: str,

@@ -72,14 +72,29 @@ class ValidationCompleted(_Outbound):
     duration_ms: int = Field(ge=0)
 
 
+class ImageQuality(_Outbound):
+    """What the service checked on a stored image (every stored image passed these checks)."""
+
+    format: Literal["png", "jpeg", "webp"] = Field(description="format the bytes decoded as")
+    contrast: float = Field(ge=0, description=(
+        "largest per-channel standard deviation (0-255) on a thumbnail; images under 2 are "
+        "refused as blank or uniform"))
+    dominant_colors: list[str] = Field(description="sRGB hex, most frequent first")
+    palette_distance: float | None = Field(None, ge=0, description=(
+        "share-weighted mean CIE76 difference (CIELAB) from the dominant colours to the nearest "
+        "colour of the theme palette: ~2 just noticeable, 10-25 same family, >40 unrelated; "
+        "absent without a palette"))
+
+
 class StoredImage(_Outbound):
-    url: str
-    key: str
+    url: str = Field(description="where peers fetch the image (file://, s3 endpoint or public URL)")
+    key: str = Field(description="store key; pass it as source_image.ref to reuse the image")
     content_type: str
     width: int = Field(ge=1)
     height: int = Field(ge=1)
     bytes: int = Field(ge=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    quality: ImageQuality
 
 
 class ImageGenerated(_Outbound):
@@ -90,16 +105,26 @@ class ImageGenerated(_Outbound):
     images: list[StoredImage]
     provider: str
     model_used: str
+    prompt: str | None = Field(
+        None, description="the prompt the service wrote (absent for enhance)")
+    palette: list[str] = Field(
+        default_factory=list, description="theme palette the images were measured against (hex)")
     cached: bool = False
     duration_ms: int = Field(ge=0)
 
 
 class ContentProgress(_Outbound):
-    """A streamed text delta, in order (`seq` 0, 1, 2, ...), before the final result."""
+    """A streamed text delta, in order (`seq` 0, 1, 2, ...), before the final result.
+
+    With `reset` true the text received so far is void (the stream restarts, for example on a
+    fallback model, or the answer is being repaired); `notice` says why.
+    """
 
     request_id: str
     seq: int = Field(ge=0)
     delta: str
+    reset: bool = False
+    notice: str | None = None
 
 
 class ErrorInfo(_Outbound):

@@ -213,6 +213,8 @@ def _components() -> Json:
             "HS256 JWT (exp required); scope/permissions: llm:content, llm:image, llm:admin"}
     attempt = {"type": "integer", "minimum": 0,
                "description": "retry count, set by the service on the copies it re-queues"}
+    deferred = {"type": "number", "minimum": 0, "description":
+                "seconds waited in delay queues for rate limits (deferrals keep x-attempt)"}
 
     def headers(props: Json, required: tuple[str, ...] = ("authorization",)) -> Json:
         return {"type": "object", "required": list(required), "properties": props}
@@ -220,7 +222,8 @@ def _components() -> Json:
     return {
         "messages": messages,
         "schemas": {
-            "requestHeaders": headers({"authorization": auth, "x-attempt": attempt}),
+            "requestHeaders": headers({"authorization": auth, "x-attempt": attempt,
+                                       "x-deferred-s": deferred}),
             "controlHeaders": headers({"authorization": auth}),
             "deadLetterHeaders": headers({
                 "x-error-code": {"type": "string", "description": "e.g. invalid_request"},
@@ -336,6 +339,11 @@ Regenerate with `llm-consumer schemas`; `llm-consumer schemas --check` and
   always present, and so are `time` and `datacontenttype`.
 - Retries wait in fixed-TTL delay queues, then return to `{work}` through the default exchange,
   not the hub, so other hub subscribers never see a retry; `x-attempt` counts them.
+- A request over a rate limit is deferred, not failed: `job.status` `deferred` with the same
+  `attempt`, a delay-queue trip (`x-deferred-s` adds up the wait), and `generation.failed`
+  `rate_limited` only past RATE_LIMIT_MAX_WAIT_S. Answers from the cache or from an identical
+  request in flight at the same time have `cached: true`. `rate_limit.*` notices carry no
+  `request_id`: they are about a scope and key, at most one per second for each.
 - Results that no queue can take are kept in `{unrouted}` (bounded, oldest dropped first).
 - Failures after the attempt limit, and rejected messages, go to `{dead}` with the headers
   `x-error-code` and `x-error-message`.

@@ -5,14 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
 from llm_consumer.auth import Principal
 from llm_consumer.events.envelope import Envelope
 from llm_consumer.events.requests import ContentRequested, ImageRequested
+from llm_consumer.prompts.fitting import ContextWindows
 from llm_consumer.providers.base import TextProvider
+
+if TYPE_CHECKING:
+    from llm_consumer.images.service import ImageService
+    from llm_consumer.store.guard import Guard
 
 Emit = Callable[[str, BaseModel], Awaitable[None]]
 
@@ -30,7 +35,9 @@ class Deps:
     """Everything a handler may use, built once by the app."""
 
     text: TextProvider | None
-    context_chars: int = 12_000
+    windows: ContextWindows = field(default_factory=ContextWindows)
+    guard: Guard | None = None  # cache, single-flight, rate limits, usage (handlers/pipeline)
+    images: ImageService | None = None  # image providers, source fetching, storage
 
 
 @dataclass(frozen=True, slots=True)
