@@ -9,24 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import aio_pika
-import orjson
 import redis.asyncio as aioredis
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from pydantic import BaseModel
 
+from llm_consumer import metrics
 from llm_consumer.auth import TokenVerifier
 from llm_consumer.bus.consumer import Consumer, ConsumerConfig
 from llm_consumer.bus.publisher import Publisher
 from llm_consumer.bus.topology import Topology, build_topology
+from llm_consumer.events.envelope import new_event
 from llm_consumer.handlers.base import Deps
 from llm_consumer.handlers.limits import MeteredText
+from llm_consumer.heartbeat import Probes, Status, run_heartbeats
 from llm_consumer.images.fetch import FetchPolicy, SourceFetcher
 from llm_consumer.images.service import ImageService
 from llm_consumer.images.storage import S3Options, open_store
@@ -46,7 +47,6 @@ from llm_consumer.store.usage import Price
 
 log = structlog.get_logger("llm_consumer.app")
 
-HEARTBEAT_EVERY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +187,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         stack.push_async_callback(text.aclose)
         images = build_image_service(settings)
         stack.push_async_callback(images.aclose)
+        publisher = Publisher(broker.channel, broker.hub, broker.topology,
+                              broker.dead_letter_exchange)
         consumer = Consumer(
             config=ConsumerConfig(
                 source=settings.event_source,
@@ -197,8 +199,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                 work_queue=broker.topology.work.name,
                 max_defer_s=settings.rate_limit_max_wait_s,
             ),
-            publisher=Publisher(broker.channel, broker.hub, broker.topology,
-                                broker.dead_letter_exchange),
+            publisher=publisher,
             ledger=ledger,
             verifier=TokenVerifier(settings.secret,
                                    audience=settings.jwt_audience, issuer=settings.jwt_issuer,
@@ -207,7 +208,17 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                       guard=guard, images=images),
         )
         await _subscribe(broker, consumer, settings)
-        beats = asyncio.create_task(_beat(ledger, consumer, settings, guard))
+        if settings.metrics_port is not None:
+            metrics.serve(settings.metrics_port, settings.metrics_host)
+        probes = await _probes(settings, broker, ledger, guard, consumer, text.name)
+
+        async def publish(event_type: str, data: BaseModel) -> None:
+            await publisher.publish_event(new_event(event_type, data,
+                                                    source=settings.event_source))
+
+        beats = asyncio.create_task(run_heartbeats(
+            probes, publish, every_s=min(settings.heartbeat_every_s, settings.lease_s / 3),
+            health_file=settings.health_file))
         log.info("service.ready", instance=settings.instance_id, queue=broker.topology.work.name,
                  text_provider=text.name, concurrency=settings.concurrency)
         if ready is not None:
@@ -234,18 +245,40 @@ async def _subscribe(broker: Broker, consumer: Consumer, settings: Settings) -> 
     await consumer.subscribe(control, exclusive=True)
 
 
-async def _beat(ledger: JobLedger, consumer: Consumer, settings: Settings,
-                guard: Guard) -> None:
-    """Keep this instance's liveness lease fresh and, when asked, a liveness file for probes."""
-    health = Path(settings.health_file) if settings.health_file else None
-    while True:
-        redis_ok = await ledger.heartbeat()
-        await guard.heartbeat(redis_ok)
-        if health is not None:
-            health.write_bytes(orjson.dumps({
-                "time": time.time(), "instance": settings.instance_id,
-                "status": "ok" if redis_ok and not guard.degraded else "degraded",
-                "components": {"cache": guard.health.status},
-                "in_flight": consumer.in_flight, "processed": consumer.stats.processed,
-            }))
-        await asyncio.sleep(min(HEARTBEAT_EVERY_S, settings.lease_s / 3))
+async def _probes(settings: Settings, broker: Broker, ledger: JobLedger, guard: Guard,
+                  consumer: Consumer, text_provider: str) -> Probes:
+    """What each heartbeat reads, over a channel of its own (a failed passive declare closes
+    the channel it runs on, never the publishing one)."""
+    probe_channel = await broker.connection.channel(publisher_confirms=False)
+    watched = (broker.topology.work.name, broker.topology.dead.name,
+               broker.topology.unrouted.name)
+
+    async def lease() -> bool:
+        ok = await ledger.heartbeat()
+        await guard.heartbeat(ok)
+        return ok and not guard.degraded
+
+    async def depths() -> dict[str, int]:
+        found = {}
+        for name in watched:
+            queue = await probe_channel.declare_queue(name, passive=True)
+            found[name] = int(queue.declaration_result.message_count or 0)
+        return found
+
+    def image_status(key: object) -> Status:
+        return "ok" if key else "disabled"
+
+    return Probes(
+        instance=settings.instance_id,
+        redis_lease=lease,
+        broker_ok=lambda: not broker.connection.is_closed,
+        cache_status=lambda: guard.health.status,
+        providers={f"text-{text_provider}": "ok",
+                   "image-getimg": image_status(settings.getimg_api_key),
+                   "image-openai": image_status(settings.openai_api_key)},
+        in_flight=lambda: consumer.in_flight,
+        processed=lambda: consumer.stats.processed,
+        error_rate=lambda: consumer.stats.error_rate,
+        p95_ms=lambda: consumer.stats.p95_ms,
+        queue_depths=depths,
+    )

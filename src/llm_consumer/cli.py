@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import aio_pika
 import orjson
+import redis.asyncio as aioredis
 import typer
 from rich.console import Console
 from rich.panel import Panel
@@ -234,8 +235,86 @@ def probe(
     if age > max_age:
         err.print(f"unhealthy: last heartbeat {age:.0f}s ago")
         raise typer.Exit(1)
-    console.print(f"{state.get('status')}: {state.get('in_flight')} in flight, "
-                  f"{state.get('processed')} processed, heartbeat {age:.0f}s ago")
+    if state.get("status") == "down":
+        err.print(f"unhealthy: {state.get('components')}")
+        raise typer.Exit(1)
+    counts = state.get("metrics", {})
+    console.print(f"{state.get('status')}: {counts.get('in_flight')} in flight, "
+                  f"{counts.get('processed')} processed, heartbeat {age:.0f}s ago")
+
+
+@app.command()
+def health(
+    wait: Annotated[float, typer.Option(help="seconds to listen for heartbeats")] = 12,
+) -> None:
+    """Check the broker and Redis, collect every instance's heartbeat and print a table.
+
+    Exits 1 when a component is down, or when no instance sent a heartbeat in time.
+    """
+    settings = _settings(need_secret=False)
+    rows, beats = _run(_health(settings, wait))
+    table = Table(title="llm-consumer health")
+    for column in ("instance", "component", "status", "in flight", "processed", "error rate",
+                   "p95 ms"):
+        table.add_column(column)
+    for name, status in rows:
+        table.add_row("(this check)", name, _colour(status), "", "", "", "")
+    for beat in beats:
+        data, counts = beat["data"], beat["data"]["metrics"]
+        for index, (name, status) in enumerate(sorted(data["components"].items())):
+            first = index == 0
+            table.add_row(data["instance"] if first else "", name, _colour(status),
+                          str(counts["in_flight"]) if first else "",
+                          str(counts["processed"]) if first else "",
+                          f"{counts['error_rate']:.1%}" if first else "",
+                          str(counts["p95_ms"]) if first else "")
+    console.print(table)
+    statuses = [status for _, status in rows] + [
+        s for b in beats for s in b["data"]["components"].values()]
+    if not beats:
+        err.print(f"no heartbeat from any instance within {wait:g}s")
+    if not beats or "down" in statuses:
+        raise typer.Exit(1)
+
+
+def _colour(status: str) -> str:
+    return {"ok": "[green]ok", "degraded": "[yellow]degraded", "down": "[red]down"}.get(
+        status, f"[dim]{status}")
+
+
+async def _health(settings: Settings, wait: float) -> tuple[list[tuple[str, str]],
+                                                            list[dict[str, Any]]]:
+    rows: list[tuple[str, str]] = []
+    beats: dict[str, dict[str, Any]] = {}
+    try:
+        redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=3)
+        await redis.ping()
+        await redis.aclose()
+        rows.append(("redis", "ok"))
+    except Exception:
+        rows.append(("redis", "down"))
+    try:
+        connection = await aio_pika.connect(str(settings.message_hub_url), timeout=5)
+    except Exception:
+        rows.append(("broker", "down"))
+        return rows, []
+    rows.append(("broker", "ok"))
+    async with connection:
+        channel = await connection.channel()
+        hub = await channel.declare_exchange(settings.hub_exchange, aio_pika.ExchangeType.TOPIC,
+                                             durable=True)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(hub, routing_key=catalog.SERVICE_HEARTBEAT)
+        with console.status(f"listening for heartbeats ({wait:g}s)…"):
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                message = await queue.get(no_ack=True, fail=False)
+                if message is None:
+                    await asyncio.sleep(0.2)
+                    continue
+                beat = orjson.loads(message.body)
+                beats[beat["data"]["instance"]] = beat
+    return rows, sorted(beats.values(), key=lambda b: str(b["data"]["instance"]))
 
 
 @app.command()

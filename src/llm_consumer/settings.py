@@ -44,7 +44,8 @@ def _default_instance() -> str:
 class Settings(BaseSettings):
     """Every knob of the service; names are the environment variables, upper-cased."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True, env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True,
+                                      env_ignore_empty=True)
 
     # Message Hub
     message_hub_url: AnyUrl = AnyUrl("amqp://guest:guest@localhost:5672/")
@@ -134,6 +135,10 @@ class Settings(BaseSettings):
         DEFAULT_PRICES, description='USD per 1k tokens: {"model": {"prompt": p, "completion": c}}')
 
     log_level: LogLevel = "INFO"
+    metrics_port: int | None = Field(None, ge=1, le=65535,
+                                     description="Prometheus /metrics on 127.0.0.1 when set")
+    metrics_host: str = "127.0.0.1"
+    heartbeat_every_s: float = Field(5.0, gt=0, le=300)
     health_file: str | None = Field(None, description="liveness file refreshed by `run`")
 
     @field_validator("secret_key")
@@ -247,7 +252,7 @@ def describe_validation_error(error: ValidationError) -> str:
 def load_settings(*, need_secret: bool = True) -> Settings:
     """Read the environment once; raise SettingsError with a one-line explanation."""
     try:
-        settings = Settings()  # type: ignore[call-arg]
+        settings = Settings()
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from None
     except pydantic_settings.SettingsError as error:  # a JSON variable that is not JSON

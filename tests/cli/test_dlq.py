@@ -27,7 +27,8 @@ def cli_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-async def cli(settings: Settings, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+async def cli(settings: Settings, *args: str,
+              stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "llm_consumer", *args], env=cli_env(settings),
         capture_output=True, text=True, timeout=60, input=stdin)

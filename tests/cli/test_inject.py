@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 
 from llm_consumer.events.content import CharacterBackstory
 from tests.cli.test_dlq import cli_env
-from tests.conftest import SECRET, HUB_URL, REDIS_URL, Service
+from tests.conftest import HUB_URL, REDIS_URL, SECRET, Service
 
 
 async def run_cli(env: dict[str, str], *args: str, timeout_s: float = 300) -> tuple[int, str, str]:

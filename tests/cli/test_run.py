@@ -20,7 +20,8 @@ from tests.fakes.openai_server import hang, reply
 from tests.hub import publish_raw, queue_depth, tap
 
 
-async def start_process(settings: Settings, fake_openai: Any, **extra: str) -> asyncio.subprocess.Process:
+async def start_process(settings: Settings, fake_openai: Any,
+                        **extra: str) -> asyncio.subprocess.Process:
     env = cli_env(settings)
     env.update({"SECRET_KEY": SECRET, "OPENAI_API_KEY": "sk-test",
                 "OPENAI_BASE_URL": fake_openai.base_url, "REDIS_URL": settings.redis_url,

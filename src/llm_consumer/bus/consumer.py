@@ -19,6 +19,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel
 
+from llm_consumer import metrics
 from llm_consumer.auth import Principal, TokenVerifier, require
 from llm_consumer.bus.publisher import ATTEMPT_HEADER, DEFERRED_HEADER, Publisher
 from llm_consumer.bus.retry import deferral_delay, retry_delay
@@ -138,14 +139,17 @@ class Consumer:
         task = asyncio.current_task()
         assert task is not None
         self._deliveries.add(task)
+        metrics.IN_FLIGHT.inc()
         structlog.contextvars.clear_contextvars()
         started = time.monotonic()
         try:
             outcome = await self._settle(message)
-            self.stats.record(outcome in ("completed", "duplicate"),
-                              (time.monotonic() - started) * 1000)
-            log.info("message.settled", outcome=outcome,
-                     duration_ms=round((time.monotonic() - started) * 1000, 1))
+            elapsed = time.monotonic() - started
+            self.stats.record(outcome in ("completed", "duplicate"), elapsed * 1000)
+            kind = str(structlog.contextvars.get_contextvars().get("kind") or "none")
+            metrics.REQUESTS.labels(kind, outcome).inc()
+            metrics.LATENCY.labels(kind).observe(elapsed)
+            log.info("message.settled", outcome=outcome, duration_ms=round(elapsed * 1000, 1))
         except asyncio.CancelledError:
             await self._hand_back(message)
             raise
@@ -158,6 +162,7 @@ class Consumer:
                 await message.nack(requeue=True)
         finally:
             self._deliveries.discard(task)
+            metrics.IN_FLIGHT.dec()
 
     async def _hand_back(self, message: AbstractIncomingMessage) -> None:
         with contextlib.suppress(Exception):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, FieldValue
 
 from llm_consumer.bus.publisher import (
     ATTEMPT_HEADER,
@@ -40,7 +40,7 @@ class DeadLetter:
     position: int
 
     @property
-    def headers(self) -> dict[str, object]:
+    def headers(self) -> dict[str, FieldValue]:
         return dict(self.message.headers or {})
 
     @property

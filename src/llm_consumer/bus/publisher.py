@@ -12,7 +12,12 @@ from datetime import UTC, datetime
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    FieldValue,
+)
 from aiormq.exceptions import PublishError
 from pamqp.commands import Basic
 
@@ -45,13 +50,14 @@ def event_message(envelope: Envelope, *, priority: int | None = None) -> aio_pik
     )
 
 
-def copy_of(incoming: AbstractIncomingMessage, headers: Mapping[str, object]) -> aio_pika.Message:
+def copy_of(incoming: AbstractIncomingMessage,
+            headers: Mapping[str, FieldValue]) -> aio_pika.Message:
     """A persistent copy of an incoming message with extra headers (for retries and DLQ)."""
-    merged = dict(incoming.headers or {})
+    merged: dict[str, FieldValue] = dict(incoming.headers or {})
     merged.update(headers)
     return aio_pika.Message(
         body=incoming.body,
-        headers=merged,  # type: ignore[arg-type]
+        headers=merged,
         content_type=incoming.content_type,
         content_encoding=incoming.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -105,7 +111,7 @@ class Publisher:
         """Send a copy to the delay queue that fits `delay_s`; it returns to the work queue.
         `deferred_s`: the total rate-limit wait so far, carried in DEFERRED_HEADER."""
         step, queue = self._topology.delay_queue_for(delay_s)
-        headers: dict[str, object] = {ATTEMPT_HEADER: attempt}
+        headers: dict[str, FieldValue] = {ATTEMPT_HEADER: attempt}
         if deferred_s is not None:
             headers[DEFERRED_HEADER] = round(deferred_s, 3)
         await self._default().publish(copy_of(incoming, headers), routing_key=queue.name)

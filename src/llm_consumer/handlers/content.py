@@ -40,7 +40,6 @@ async def handle_content(request: Request, deps: Deps) -> list[Reply]:
 
 
 async def handle_theme_analyze(request: Request, deps: Deps) -> list[Reply]:
-    data = _content_request(request)
     result = await generate(request, deps, shapes.ThemeAnalysis)
     analysis = result.content
     return [Reply(catalog.THEME_ANALYZED, ThemeAnalyzed(
@@ -59,7 +58,6 @@ async def handle_theme_analyze(request: Request, deps: Deps) -> list[Reply]:
 
 
 async def handle_content_validate(request: Request, deps: Deps) -> list[Reply]:
-    data = _content_request(request)
     result = await generate(request, deps, shapes.ContentValidation)
     verdict = result.content
     return [Reply(catalog.VALIDATION_COMPLETED, ValidationCompleted(

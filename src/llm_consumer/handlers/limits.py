@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from llm_consumer import metrics
 from llm_consumer.errors import Deferred
 from llm_consumer.events import catalog
 from llm_consumer.events.results import RateLimitNotice
@@ -69,13 +70,17 @@ async def admit_within(guard: Guard, ask: Ask, emit: Emit,
         if isinstance(verdict, Admitted | Limited):
             await emit_notices(emit, verdict.notices)
         if not isinstance(verdict, Limited):
+            metrics.RATE_LIMIT.labels("admitted" if isinstance(verdict, Admitted) else
+                                      "answered").inc()
             return verdict
         wait = verdict.retry_after_s
         if ticket.waited_s + wait > guard.policy.inline_wait_s:
+            metrics.RATE_LIMIT.labels("deferred").inc()
             scope = verdict.scope
             raise Deferred(f"rate limit {scope.scope} {scope.key!r} ({scope.limit}/"
                            f"{scope.window_s:g}s) reached; next slot in {wait:.1f}s",
                            retry_after_s=wait)
+        metrics.RATE_LIMIT.labels("waited").inc()
         ticket.waited_s += wait
         await asyncio.sleep(wait)
 

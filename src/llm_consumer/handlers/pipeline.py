@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import orjson
 
+from llm_consumer import metrics
 from llm_consumer.events import catalog
 from llm_consumer.events.requests import TEXT_TO_IMAGE_KINDS, ContentRequested, ImageRequested
 from llm_consumer.handlers.base import Deps, Handler, Reply, Request
@@ -28,7 +29,7 @@ from llm_consumer.store import cache
 from llm_consumer.store.admission import Admitted, Ask, Hit
 from llm_consumer.store.guard import Guard
 from llm_consumer.store.ratelimit import request_scopes
-from llm_consumer.store.usage import Use
+from llm_consumer.store.usage import Use, price_for
 
 ADMIN = "llm:admin"
 CHARS_PER_TOKEN = 4
@@ -185,6 +186,9 @@ class _Run:
         model = str(getattr(first, "model_used", None) or self.plan.model)
         usage = getattr(first, "token_usage", None)
         if hit or usage is None:
-            return Use(model, self.plan.ask.kind, self.plan.user, cache_hit=hit)
-        return Use(model, self.plan.ask.kind, self.plan.user, usage.prompt_tokens,
-                   usage.completion_tokens)
+            use = Use(model, self.plan.ask.kind, self.plan.user, cache_hit=hit)
+        else:
+            use = Use(model, self.plan.ask.kind, self.plan.user, usage.prompt_tokens,
+                      usage.completion_tokens)
+        metrics.count_use(use, price_for(self.guard.prices, model))
+        return use

@@ -29,7 +29,8 @@ CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35")
 
 
 class TokenCounter(Protocol):
-    exact: bool
+    @property
+    def exact(self) -> bool: ...
 
     def count(self, text: str) -> int: ...
 
@@ -49,7 +50,7 @@ class BpeCounter:
     exact = True
 
     def __init__(self, encoding_name: str) -> None:
-        import bpe_openai
+        import bpe_openai  # type: ignore[import-untyped]
 
         self._encoding = bpe_openai.get_encoding(encoding_name)
 

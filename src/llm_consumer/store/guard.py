@@ -37,6 +37,7 @@ class Guard:
         self.keys = keys
         self.limits = limits
         self.policy = policy
+        self.prices = dict(prices)
         self.health = RedisHealth()
         self.cache = ResponseCache(redis, keys, default_ttl_s=cache_ttl_default_s,
                                    ttls=cache_ttls)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Literal, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -74,7 +74,7 @@ class JobLedger:
         except RedisError as error:
             log.warning("redis.unavailable", during="claim", error=str(error))
             return Claim("claimed", degraded=True)
-        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        verdict = cast(Verdict, verdict.decode() if isinstance(verdict, bytes) else verdict)
         if verdict == "done":
             events = tuple(orjson.dumps(e) for e in orjson.loads(payload))
             return Claim("done", stored_events=events)

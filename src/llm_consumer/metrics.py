@@ -1,0 +1,50 @@
+"""Prometheus metrics, served on an internal port (METRICS_PORT) when one is set.
+
+Labels stay low-cardinality: kind, outcome, model, queue and decision; never ids or users.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from llm_consumer.store.usage import Price, Use
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter("llm_requests", "Requests settled, by kind and outcome",
+                   ["kind", "outcome"], registry=REGISTRY)
+LATENCY = Histogram("llm_request_duration_seconds", "Receive-to-settle time per request",
+                    ["kind"], registry=REGISTRY,
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+                             120, 300))
+IN_FLIGHT = Gauge("llm_in_flight", "Deliveries being processed", registry=REGISTRY)
+QUEUE_DEPTH = Gauge("llm_queue_depth", "Messages waiting, by queue", ["queue"],
+                    registry=REGISTRY)
+CACHE = Counter("llm_cache_lookups", "Response cache lookups, by result", ["result"],
+                registry=REGISTRY)
+RATE_LIMIT = Counter("llm_rate_limit_decisions", "Rate-limit decisions", ["decision"],
+                     registry=REGISTRY)
+TOKENS = Counter("llm_tokens", "Tokens used, by model and direction", ["model", "direction"],
+                 registry=REGISTRY)
+COST = Counter("llm_cost_usd", "Estimated provider cost in USD, by model", ["model"],
+               registry=REGISTRY)
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on `host:port` from a daemon thread."""
+    start_http_server(port, addr=host, registry=REGISTRY)
+
+
+def count_use(use: Use, price: Price | None) -> None:
+    """Tokens, cost and cache result of one answered request."""
+    CACHE.labels("hit" if use.cache_hit else "miss").inc()
+    if use.cache_hit:
+        return
+    TOKENS.labels(use.model, "prompt").inc(use.prompt_tokens)
+    TOKENS.labels(use.model, "completion").inc(use.completion_tokens)
+    if price is not None:
+        COST.labels(use.model).inc(
+            (use.prompt_tokens * price.prompt + use.completion_tokens * price.completion) / 1000)
