@@ -15,28 +15,10 @@ from llm_consumer.client import build_request
 from llm_consumer.events import catalog
 from llm_consumer.settings import Settings
 from tests.cli.test_dlq import cli_env
-from tests.conftest import SECRET, token
+from tests.conftest import token
 from tests.fakes.openai_server import hang, reply
+from tests.faults.ledger import start_process
 from tests.hub import publish_raw, queue_depth, tap
-
-
-async def start_process(settings: Settings, fake_openai: Any,
-                        **extra: str) -> asyncio.subprocess.Process:
-    env = cli_env(settings)
-    env.update({"SECRET_KEY": SECRET, "OPENAI_API_KEY": "sk-test",
-                "OPENAI_BASE_URL": fake_openai.base_url, "REDIS_URL": settings.redis_url,
-                "REDIS_PREFIX": settings.redis_prefix, "LOG_LEVEL": "INFO", **extra})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llm_consumer", "run", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert process.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = await asyncio.wait_for(process.stderr.readline(), 30)
-        if b"service.ready" in line:
-            return process
-        assert line, "the service exited before it was ready"
-    raise AssertionError("service not ready in time")
 
 
 async def send(settings: Settings) -> dict[str, Any]:
@@ -72,7 +54,8 @@ async def test_sigterm_finishes_in_flight_work_and_exits_zero(settings_factory: 
                                                               fake_openai: Any) -> None:
     settings = settings_factory()
     fake_openai.script(reply(None, delay_s=2.0))
-    process = await start_process(settings, fake_openai, SHUTDOWN_GRACE_S="20")
+    service = await start_process(settings, fake_openai, SHUTDOWN_GRACE_S="20")
+    process = service.process  # `service` keeps the stderr reader alive
     async with tap(settings, catalog.CONTENT_GENERATED) as hub:
         request = await send(settings)
         while not fake_openai.chat_requests:
@@ -86,7 +69,8 @@ async def test_sigterm_hands_back_what_cannot_finish_in_the_grace(settings_facto
                                                                   fake_openai: Any) -> None:
     settings = settings_factory()
     fake_openai.script(hang(60))
-    process = await start_process(settings, fake_openai, SHUTDOWN_GRACE_S="1")
+    service = await start_process(settings, fake_openai, SHUTDOWN_GRACE_S="1")
+    process = service.process
     request = await send(settings)
     while not fake_openai.chat_requests:
         await asyncio.sleep(0.05)
@@ -99,7 +83,8 @@ async def test_sigterm_hands_back_what_cannot_finish_in_the_grace(settings_facto
     assert await queue_depth(settings, topology.dead.name) == 0, "not dead-lettered"
     # A new instance picks it up and finishes it.
     async with tap(settings, catalog.CONTENT_GENERATED) as hub:
-        process = await start_process(settings, fake_openai)
+        again = await start_process(settings, fake_openai)
+        process = again.process
         await hub.wait_for(catalog.CONTENT_GENERATED, request["id"], timeout_s=20)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
