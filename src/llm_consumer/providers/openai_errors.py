@@ -84,11 +84,25 @@ def _translate_status(err: openai.APIStatusError, model: str) -> ServiceError:
 
 def translate_error(err: openai.OpenAIError, model: str) -> ServiceError:
     """Map one SDK exception onto the llm_consumer error tree."""
-    if isinstance(err, openai.APITimeoutError):
+    if isinstance(err, openai.APITimeoutError) and not _refused(err):
         return TransientFailure(f"openai request timed out ({model})", code="timeout")
+    if isinstance(err, openai.APITimeoutError):
+        return TransientFailure(f"openai unreachable ({model}): connection refused",
+                                code="provider_unavailable")
     if isinstance(err, openai.APIConnectionError):
         return TransientFailure(f"openai unreachable: {err.message}", code="provider_unavailable")
     if isinstance(err, openai.APIStatusError):
         return _translate_status(err, model)
     # Malformed responses and anything else the SDK raises: the provider misbehaved.
     return TransientFailure(f"openai error: {err}", code="provider_unavailable")
+
+
+def _refused(err: BaseException) -> bool:
+    """The aiohttp transport reports a refused connection as a connect timeout; the cause
+    chain still holds the OSError that says what happened."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
