@@ -23,7 +23,6 @@ import re
 import sys
 import time
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from llm_consumer.app import run_service
 from llm_consumer.client import build_request, send_and_wait
 from llm_consumer.logging import configure_logging
 from llm_consumer.settings import load_settings
+from llm_consumer.store import admission, feedback, jobs
 from perf.loadgen import KIND, fresh_context
 from perf.stack import (
     HUB_URL,
@@ -48,9 +48,11 @@ from perf.stack import (
 )
 from tests.fakes.openai_server import FakeOpenAI
 
-SCRIPTS = {hashlib.sha1(path.read_bytes()).hexdigest().encode(): path.name
-           for path in resources.files("llm_consumer.store").iterdir()
-           if path.name.endswith(".lua")}
+SCRIPTS = {hashlib.sha1(text.encode()).hexdigest().encode(): name for name, text in (
+    ("claim.lua", jobs.CLAIM_SCRIPT), ("release.lua", jobs.RELEASE_SCRIPT),
+    ("admit.lua (with the job claim)", admission.ADMIT_SCRIPT),
+    ("finish.lua", admission.FINISH_SCRIPT), ("restamp.lua", admission.RESTAMP_SCRIPT),
+    ("tighten (provider feedback)", feedback.TIGHTEN_SCRIPT))}
 COMMAND = re.compile(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n")
 EVALSHA = re.compile(rb"EVALSHA\r\n\$40\r\n([0-9a-f]{40})", re.IGNORECASE)
 SET_UP = {"HELLO", "CLIENT", "SELECT", "PING", "SCRIPT"}

@@ -40,6 +40,7 @@ from llm_consumer.providers.local import MODEL_NAME, LocalTextProvider
 from llm_consumer.providers.openai_images import OpenAIImageProvider
 from llm_consumer.settings import Settings
 from llm_consumer.store.guard import Guard, Policy
+from llm_consumer.store.health import RedisHealth
 from llm_consumer.store.jobs import JobLedger
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.limits_config import LimitsConfig, parse_model_rates, parse_rate
@@ -56,6 +57,8 @@ class Broker:
     hub: AbstractExchange
     dead_letter_exchange: AbstractExchange
     topology: Topology
+    notice_channel: AbstractChannel  # without confirms, for notices
+    notice_hub: AbstractExchange  # the hub on that channel
 
 
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> tuple[
@@ -84,7 +87,9 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         topology = build_topology(settings.queue_prefix, settings.hub_exchange)
         hub, dlx = await declare_topology(channel, topology)
-        yield Broker(connection, channel, hub, dlx, topology)
+        notice_channel = await connection.channel(publisher_confirms=False)
+        notices = await notice_channel.get_exchange(topology.hub_exchange, ensure=False)
+        yield Broker(connection, channel, hub, dlx, topology, notice_channel, notices)
     finally:
         await connection.close()
 
@@ -139,7 +144,8 @@ def default_text_model(settings: Settings) -> str:
     return MODEL_NAME
 
 
-def build_guard(settings: Settings, redis: aioredis.Redis) -> Guard:
+def build_guard(settings: Settings, redis: aioredis.Redis, ledger: JobLedger | None = None,
+                health: RedisHealth | None = None) -> Guard:
     """Response cache, single-flight, rate limits and usage, from the settings."""
     operations = {"text": settings.rate_limit_text, "theme": settings.rate_limit_theme,
                   "validation": settings.rate_limit_validation,
@@ -154,7 +160,8 @@ def build_guard(settings: Settings, redis: aioredis.Redis) -> Guard:
                     settings.rate_limit_inline_wait_s)
     return Guard(redis, Keys(settings.redis_prefix), limits=limits, policy=policy,
                  cache_ttl_default_s=settings.cache_ttl_default_s, cache_ttls=settings.cache_ttls,
-                 prices={model: Price(**price) for model, price in settings.prices.items()})
+                 prices={model: Price(**price) for model, price in settings.prices.items()},
+                 ledger=ledger, health=health)
 
 
 def context_windows(settings: Settings, text: TextProvider) -> ContextWindows:
@@ -178,17 +185,20 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         broker = await stack.enter_async_context(open_broker(settings))
         redis = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         stack.push_async_callback(redis.aclose)
+        health = RedisHealth()  # one view of Redis for the ledger and the guard
         ledger = JobLedger(redis, Keys(settings.redis_prefix), instance_id=settings.instance_id,
-                           result_ttl_s=settings.result_ttl_s, lease_s=settings.lease_s)
+                           result_ttl_s=settings.result_ttl_s, lease_s=settings.lease_s,
+                           health=health)
         stack.push_async_callback(ledger.retire)
         await ledger.heartbeat()
-        guard = build_guard(settings, redis)
+        guard = build_guard(settings, redis, ledger, health)
         text = build_text_provider(settings, observe=guard.observe)
         stack.push_async_callback(text.aclose)
         images = build_image_service(settings)
         stack.push_async_callback(images.aclose)
         publisher = Publisher(broker.channel, broker.hub, broker.topology,
-                              broker.dead_letter_exchange)
+                              broker.dead_letter_exchange,
+                              notices=(broker.notice_channel, broker.notice_hub))
         consumer = Consumer(
             config=ConsumerConfig(
                 source=settings.event_source,

@@ -141,20 +141,39 @@ async def test_a_failed_leader_lets_its_followers_go_their_own_way(openai_servic
     assert len(fake_openai.chat_requests) == 2, "the next leader computes once for the rest"
 
 
-async def test_a_dead_leaders_claim_is_waited_out_then_computed_here(
-        openai_service: Any, fake_openai: Any) -> None:
-    """A claim nobody will ever finish (its replica died): the follower waits its bound."""
+async def _leave_flight_claim(service: Service, kind: str, owner: str, *,
+                              owner_alive: bool) -> None:
+    """A single-flight claim on `kind` + SHEET that its owner will never finish."""
     from llm_consumer.events.requests import ContentRequested
     from llm_consumer.store.cache import digest
 
-    service: Service = await openai_service(singleflight_wait_s=1.0)
-    data = ContentRequested.model_validate({"kind": "world.environment", **SHEET})
-    claim = Keys(service.settings.redis_prefix).flight(
-        digest(catalog.CONTENT_REQUESTED, data, "gpt-5-nano"))
+    keys = Keys(service.settings.redis_prefix)
+    data = ContentRequested.model_validate({"kind": kind, **SHEET})
     client = aioredis.from_url(REDIS_URL)
-    await client.set(claim, "a-replica-that-died", px=60_000)
+    await client.set(keys.flight(digest(catalog.CONTENT_REQUESTED, data, "gpt-5-nano")),
+                     f"{owner}/admission-1", px=60_000)
+    if owner_alive:
+        await client.set(keys.instance(owner), "1", ex=60)
     await client.aclose()
+
+
+async def test_a_live_leaders_unfinished_claim_is_waited_out_then_computed_here(
+        openai_service: Any, fake_openai: Any) -> None:
+    """A claim its (live) owner never finishes: the follower waits its bound, then computes."""
+    service: Service = await openai_service(singleflight_wait_s=1.0)
+    await _leave_flight_claim(service, "world.environment", "replica-stuck", owner_alive=True)
     result = await service.request("world.environment", SHEET, timeout_s=20)
     assert result_of(result)["cached"] is False
     assert result_of(result)["duration_ms"] >= 1000
+    assert len(fake_openai.chat_requests) == 1
+
+
+async def test_a_dead_leaders_claim_is_taken_over_at_once(openai_service: Any,
+                                                           fake_openai: Any) -> None:
+    """A claim whose owner has no liveness key (killed): nobody waits for it."""
+    service: Service = await openai_service(singleflight_wait_s=30.0)
+    await _leave_flight_claim(service, "world.environment", "replica-killed", owner_alive=False)
+    result = await service.request("world.environment", SHEET, timeout_s=20)
+    assert result_of(result)["cached"] is False
+    assert result_of(result)["duration_ms"] < 10_000
     assert len(fake_openai.chat_requests) == 1

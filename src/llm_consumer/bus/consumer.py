@@ -44,7 +44,7 @@ from llm_consumer.events.results import ErrorInfo, GenerationFailed, JobState, J
 from llm_consumer.handlers.base import Deps, Reply, Request
 from llm_consumer.handlers.pipeline import guarded
 from llm_consumer.handlers.routes import route
-from llm_consumer.store.jobs import JobLedger
+from llm_consumer.store.jobs import AlreadyClaimed, Claim, JobLedger
 
 log = structlog.get_logger("llm_consumer.consumer")
 
@@ -222,14 +222,28 @@ class Consumer:
         data = parsed.data
         assert isinstance(data, ContentRequested | ImageRequested)
         attempt = _attempt(message)
-        answered = await self._answer_from_ledger(message, env, data, attempt)
-        if answered is not None:
-            return answered
-        await self._status(env, "running", attempt, message.reply_to)
+        if env.id in self._running:  # a redelivery while the first copy still runs here
+            return await self._answer_from_ledger(message, env, data, attempt, Claim("busy"))
+        # With the pipeline in front of the handler, the ledger claim rides on the request's
+        # admission (one Redis round trip); without it, it is made here.
+        claims_in_job = self._deps.guard is not None
+        if not claims_in_job:
+            claim = await self._ledger.claim(env.id)
+            if claim.verdict != "claimed":
+                return await self._answer_from_ledger(message, env, data, attempt, claim)
+
+        async def running() -> None:
+            await self._status(env, "running", attempt, message.reply_to)
+
         request = Request(envelope=env, data=data, principal=principal, attempt=attempt,
                           emit=lambda t, d: self._publish(t, d, cause=env,
-                                                          reply_to=message.reply_to))
+                                                          reply_to=message.reply_to),
+                          claims_job=claims_in_job, on_running=running)
+        if not claims_in_job:
+            await running()
         outcome = await self._run_job(request)
+        if isinstance(outcome, Claim):
+            return await self._answer_from_ledger(message, env, data, attempt, outcome)
         if isinstance(outcome, ServiceError):
             return await self._fail(message, env, data, outcome, attempt)
         events = [new_event(r.type, r.data, source=self._config.source, cause=env)
@@ -241,14 +255,17 @@ class Consumer:
         await message.ack()
         return "completed"
 
-    async def _run_job(self, request: Request) -> list[Reply] | ServiceError:
-        """Run the handler as its own task, so job.cancel and the deadline can stop it alone."""
+    async def _run_job(self, request: Request) -> list[Reply] | ServiceError | Claim:
+        """Run the handler as its own task, so job.cancel and the deadline can stop it alone.
+        A Claim comes back when the ledger already knew the request."""
         env = request.envelope
         job = asyncio.create_task(guarded(route(env.type, request.data))(request, self._deps))
         self._running[env.id] = job
         try:
             async with asyncio.timeout(self._config.request_deadline_s):
                 return await job
+        except AlreadyClaimed as known:
+            return known.claim
         except TimeoutError:
             return TransientFailure(
                 f"request exceeded its {self._config.request_deadline_s:g}s deadline",
@@ -268,28 +285,21 @@ class Consumer:
             self._running.pop(env.id, None)
 
     async def _answer_from_ledger(self, message: AbstractIncomingMessage, env: Envelope,
-                                  data: ContentRequested | ImageRequested,
-                                  attempt: int) -> str | None:
-        """Settle a request the ledger already knows about; None when this replica may run it."""
-        if env.id in self._running:  # a redelivery while the first copy still runs here
-            await self._publisher.retry_later(message, attempt=attempt, delay_s=BUSY_RETRY_S)
-            await message.ack()
-            return "busy"
-        claim = await self._ledger.claim(env.id)
+                                  data: ContentRequested | ImageRequested, attempt: int,
+                                  claim: Claim) -> str:
+        """Settle a request the ledger already knows about (done, cancelled, running)."""
         if claim.verdict == "done":
             for raw in claim.stored_events:
                 await self._publisher.publish_event(Envelope.model_validate_json(raw),
                                                     reply_to=message.reply_to)
             await message.ack()
             return "duplicate"
-        if claim.verdict == "busy":
-            await self._publisher.retry_later(message, attempt=attempt, delay_s=BUSY_RETRY_S)
-            await message.ack()
-            return "busy"
         if claim.verdict == "cancelled":
             failure = PermanentFailure("cancelled before it started", code="cancelled")
             return await self._fail(message, env, data, failure, attempt)
-        return None
+        await self._publisher.retry_later(message, attempt=attempt, delay_s=BUSY_RETRY_S)
+        await message.ack()
+        return "busy"
 
     async def _fail(self, message: AbstractIncomingMessage, env: Envelope,
                     data: ContentRequested | ImageRequested, failure: ServiceError,

@@ -1,8 +1,11 @@
-"""Confirmed, persistent publishing. Every call returns only once the broker has taken the message.
+"""Persistent publishing. Results, retry copies and dead letters return only once the broker
+has confirmed them.
 
 Results go to the hub with `mandatory`; one the hub cannot route to any queue comes back as a
 return and is kept in the unrouted queue instead, so a result never vanishes without a trace.
-Notices (progress, job status, heartbeats) nobody subscribed to are simply not delivered.
+Notices (progress, job status, rate-limit notices, heartbeats) go out on a channel without
+confirms when the app gives one: nothing waits on them, and a lost notice is superseded by the
+next one or by the result. Notices nobody subscribed to are simply not delivered.
 """
 
 from __future__ import annotations
@@ -74,9 +77,11 @@ def copy_of(incoming: AbstractIncomingMessage,
 
 class Publisher:
     def __init__(self, channel: AbstractChannel, hub: AbstractExchange, topology: Topology,
-                 dead_letter_exchange: AbstractExchange) -> None:
+                 dead_letter_exchange: AbstractExchange, *,
+                 notices: tuple[AbstractChannel, AbstractExchange] | None = None) -> None:
         self._channel = channel
         self._hub = hub
+        self._notices = notices
         self._dlx = dead_letter_exchange
         self._topology = topology
 
@@ -84,6 +89,13 @@ class Publisher:
         """Publish to the hub (routing key = type) and, when asked, a copy to `reply_to`."""
         message = event_message(envelope)
         keep = envelope.type in KEPT_WHEN_UNROUTED
+        if not keep and self._notices is not None:
+            notice_channel, notice_hub = self._notices
+            await notice_hub.publish(message, routing_key=envelope.type, mandatory=False)
+            if reply_to:
+                await notice_channel.default_exchange.publish(
+                    event_message(envelope), routing_key=reply_to, mandatory=False)
+            return
         try:
             await self._hub.publish(message, routing_key=envelope.type, mandatory=keep)
         except PublishError as error:

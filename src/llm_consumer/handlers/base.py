@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 Emit = Callable[[str, BaseModel], Awaitable[None]]
 
 
+async def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One event a handler wants published: its type and its data."""
@@ -48,6 +52,10 @@ class Request:
     attempt: int
     emit: Emit
     started: float = field(default_factory=time.monotonic)
+    # True: the pipeline makes the job-ledger claim with the request's first admission (one
+    # Redis round trip for both) and raises AlreadyClaimed when the ledger knows the request.
+    claims_job: bool = False
+    on_running: Callable[[], Awaitable[None]] = _nothing  # once the claim is made
 
     @property
     def id(self) -> str:

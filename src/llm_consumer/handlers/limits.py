@@ -27,7 +27,7 @@ from llm_consumer.events import catalog
 from llm_consumer.events.results import RateLimitNotice
 from llm_consumer.handlers.base import Emit
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
-from llm_consumer.store.admission import Admitted, Ask, Follow, Hit, Limited
+from llm_consumer.store.admission import Admitted, Ask, Follow, Hit, Known, Limited
 from llm_consumer.store.guard import Guard
 from llm_consumer.store.ratelimit import Notice, model_scopes
 
@@ -63,8 +63,9 @@ async def emit_notices(emit: Emit, notices: tuple[Notice, ...]) -> None:
 
 
 async def admit_within(guard: Guard, ask: Ask, emit: Emit,
-                       ticket: Ticket) -> Hit | Follow | Admitted:
-    """Hit, Follow or Admitted; waits in place while it is short, else raises Deferred."""
+                       ticket: Ticket) -> Known | Hit | Follow | Admitted:
+    """Any verdict but Limited: a rate-limit wait happens in place while it is short, else
+    this raises Deferred."""
     while True:
         verdict = await guard.admission.admit(ask)
         if isinstance(verdict, Admitted | Limited):

@@ -1,8 +1,9 @@
 """The pipeline around every handler: cache -> single-flight -> rate limits -> handler ->
 cache store -> usage.
 
-Before the provider is paid there is one Redis round trip on a cache miss (`admit.lua`: cache
-lookup, single-flight claim and every rate-limit scope at once), and one after (`finish.lua`).
+Before the provider is paid there is one Redis round trip on a cache miss (`admit.lua`: the
+job-ledger claim, cache lookup, single-flight claim and every rate-limit scope at once), and one
+after (`finish.lua`).
 Identical requests on this replica wait on the local leader without any Redis call; followers
 (local or on other replicas) answer with the leader's result marked `cached: true`, since they
 did not pay for it. `cache: false` skips the lookup and single-flight (a fresh answer is
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 import orjson
 
 from llm_consumer import metrics
+from llm_consumer.errors import Deferred
 from llm_consumer.events import catalog
 from llm_consumer.events.requests import TEXT_TO_IMAGE_KINDS, ContentRequested, ImageRequested
 from llm_consumer.handlers.base import Deps, Handler, Reply, Request
@@ -26,8 +28,9 @@ from llm_consumer.handlers.limits import TICKET, Ticket, admit_within
 from llm_consumer.prompts.builder import kind_templates
 from llm_consumer.providers.base import TextProvider
 from llm_consumer.store import cache
-from llm_consumer.store.admission import Admitted, Ask, Hit
+from llm_consumer.store.admission import Admitted, Ask, Hit, Known
 from llm_consumer.store.guard import Guard
+from llm_consumer.store.jobs import AlreadyClaimed, Claim
 from llm_consumer.store.ratelimit import request_scopes
 from llm_consumer.store.usage import Use, price_for
 
@@ -95,7 +98,8 @@ def plan_for(request: Request, guard: Guard, deps: Deps) -> Plan:
     ttl_s = guard.cache.ttl_for(kind)
     ask = Ask(kind, cache.digest(request.envelope.type, data, model), tuple(scopes),
               read_cache=data.cache and ttl_s > 0, coalesce=data.cache,
-              lease_s=guard.policy.singleflight_wait_s)
+              lease_s=guard.policy.singleflight_wait_s,
+              job=request.id if request.claims_job else None)
     return Plan(ask, model, user, ttl_s)
 
 
@@ -127,6 +131,9 @@ class _Run:
             flight, leading = self.guard.flights.join(ask.digest)
             if leading:
                 break
+            if ask.job is not None:  # no admission to ride on: claim on its own
+                await self._claimed(await self.guard.claim_job(ask.job))
+                ask = replace(ask, job=None)
             stored = await self.guard.flights.follow(flight, deadline - time.monotonic())
             if stored is not None:
                 return await self._answer(stored)
@@ -142,16 +149,32 @@ class _Run:
     async def _resolve(self, ask: Ask) -> tuple[list[Reply], bytes | None]:
         deadline = time.monotonic() + self.guard.policy.singleflight_wait_s
         while True:
-            verdict = await admit_within(self.guard, ask, self.request.emit, self.ticket)
+            try:
+                verdict = await admit_within(self.guard, ask, self.request.emit, self.ticket)
+            except Deferred:  # claimed, then over a rate limit: it ran, and waits now
+                if ask.job is not None:
+                    await self.request.on_running()
+                raise
+            if isinstance(verdict, Known):
+                raise AlreadyClaimed(verdict.claim)
+            if ask.job is not None:
+                await self.request.on_running()
+                ask = replace(ask, job=None)
             if isinstance(verdict, Hit):
                 return await self._answer(verdict.stored), verdict.stored
             if isinstance(verdict, Admitted):
                 return await self._compute(ask, verdict)
-            outcome = await self.guard.admission.await_leader(ask, verdict.generation, deadline)
+            outcome = await self.guard.admission.await_leader(ask, verdict.generation, deadline,
+                                                              verdict.leader)
             if isinstance(outcome, bytes):
                 return await self._answer(outcome), outcome
             if outcome == "timeout":  # the leader is slow or gone: compute it here
                 ask = replace(ask, coalesce=False)
+
+    async def _claimed(self, claim: Claim) -> None:
+        if claim.verdict != "claimed":
+            raise AlreadyClaimed(claim)
+        await self.request.on_running()
 
     async def _compute(self, ask: Ask, admitted: Admitted) -> tuple[list[Reply], bytes | None]:
         self.ticket.ask, self.ticket.admitted = ask, admitted

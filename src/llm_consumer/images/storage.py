@@ -14,11 +14,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from typing import Any, Protocol
 
 from llm_consumer.errors import InvalidRequest, TransientFailure
 from llm_consumer.images.processing import EXTENSIONS, OutputFormat
@@ -106,13 +102,19 @@ class S3Options:
 
 
 class S3Store:
+    """boto3 is imported here, not at the top: it costs ~25 MB in every process that never
+    stores images in S3."""
+
     def __init__(self, bucket: str, prefix: str, options: S3Options, *,
                  public_base_url: str | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._options = options
         self._public = public_base_url
-        self._client = boto3.session.Session().client(
+        import boto3
+        from botocore.config import Config
+
+        self._client: Any = boto3.session.Session().client(
             "s3", endpoint_url=options.endpoint_url, region_name=options.region,
             aws_access_key_id=options.access_key_id,
             aws_secret_access_key=options.secret_access_key,
@@ -128,6 +130,8 @@ class S3Store:
         return f"https://{self.bucket}.s3.{region}.amazonaws.com/{self.prefix}{key}"
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         check_key(key)
         try:
             await asyncio.to_thread(
@@ -139,6 +143,8 @@ class S3Store:
         return self.url_of(key)
 
     async def get(self, key: str, *, max_bytes: int) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         check_key(key)
         try:
             answer = await asyncio.to_thread(

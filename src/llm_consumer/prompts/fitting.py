@@ -58,6 +58,8 @@ def serialize(context: Any) -> str:
 def fit_context(context: dict[str, Any], *, fixed_text: str, budget: Budget,
                 keep: frozenset[str] = frozenset()) -> tuple[dict[str, Any], FitReport]:
     """Shrink `context` until prompt (fixed text + context) leaves room for the answer."""
+    if budget.counter.exact and (fits := _fits_by_size(context, fixed_text, budget)):
+        return context, fits
     count = budget.counter.count
     fixed = count(fixed_text) + 2 * MESSAGE_OVERHEAD_TOKENS + SAFETY_TOKENS
     answer = min(budget.desired_answer, max(MIN_ANSWER_TOKENS, budget.window // 4))
@@ -86,6 +88,17 @@ def fit_context(context: dict[str, Any], *, fixed_text: str, budget: Budget,
     report.max_tokens = max(MIN_ANSWER_TOKENS,
                             min(budget.desired_answer, budget.window - report.fitted_tokens))
     return fitted, report
+
+
+def _fits_by_size(context: dict[str, Any], fixed_text: str, budget: Budget) -> FitReport | None:
+    """Every token of a byte-level BPE covers at least one byte, so the UTF-8 size bounds the
+    exact count from above. When even that bound leaves the whole answer budget, nothing is
+    cut and the tokenizer is not needed (nor loaded: it costs ~130 MB)."""
+    upper = (len(fixed_text.encode()) + len(serialize(context).encode())
+             + 2 * MESSAGE_OVERHEAD_TOKENS + SAFETY_TOKENS)
+    if budget.window - upper < budget.desired_answer:
+        return None
+    return FitReport(upper, upper, budget.desired_answer, exact_count=False)
 
 
 def _normalize(node: Any) -> Any:

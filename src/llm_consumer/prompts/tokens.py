@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import cache
-from typing import Protocol
+from typing import Any, Protocol
 
 LETTERS_PER_TOKEN = 3.0
 NON_ASCII_TOKENS = 1.6
@@ -47,14 +47,20 @@ class EstimatedCounter:
 
 
 class BpeCounter:
+    """OpenAI's tokenizer, loaded at the first count (it costs ~130 MB of memory, and most
+    prompts fit without one: see fitting._fits_by_size)."""
+
     exact = True
 
     def __init__(self, encoding_name: str) -> None:
-        import bpe_openai  # type: ignore[import-untyped]
-
-        self._encoding = bpe_openai.get_encoding(encoding_name)
+        self._name = encoding_name
+        self._encoding: Any = None
 
     def count(self, text: str) -> int:
+        if self._encoding is None:
+            import bpe_openai  # type: ignore[import-untyped]
+
+            self._encoding = bpe_openai.get_encoding(self._name)
         return len(self._encoding.encode_ordinary(text))
 
 

@@ -2,8 +2,11 @@
 
 `admit` is a single EVALSHA of `admit.lua`: a cached answer (hit), a leader already computing
 the same request elsewhere (follow), a place under every rate limit (admitted, recorded in all
-scopes at once) or the time until one frees (limited). `finish` is a single EVALSHA of
-`finish.lua` after the answer: store it, end the claim, count usage.
+scopes at once) or the time until one frees (limited). A request's first admission also makes
+its job-ledger claim (`Ask.job`), so a request costs one round trip before the provider call;
+a ledger that knows the request already (done, cancelled, running elsewhere) answers `Known`.
+`finish` is a single EVALSHA of `finish.lua` after the answer: store it, end the claim, count
+usage.
 
 With Redis unreachable (see `health`), admission falls back to this replica's LocalLimiter,
 nothing is cached or claimed, and usage adds up in memory; when Redis answers again, the
@@ -22,6 +25,7 @@ from redis.exceptions import RedisError
 
 from llm_consumer.store.cache import HANDOFF_TTL_S
 from llm_consumer.store.health import RedisHealth
+from llm_consumer.store.jobs import CLAIM_JOB_FUNCTION, Claim, JobLedger, claim_from
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.ratelimit import (
     WARN_AT,
@@ -34,7 +38,7 @@ from llm_consumer.store.ratelimit import (
 from llm_consumer.store.singleflight import TimedOut, Vanished, await_leader
 from llm_consumer.store.usage import RETENTION_S, PendingUsage, Price, Use, increments, today
 
-ADMIT_SCRIPT = resources.files(__package__).joinpath("admit.lua").read_text()
+ADMIT_SCRIPT = CLAIM_JOB_FUNCTION + resources.files(__package__).joinpath("admit.lua").read_text()
 FINISH_SCRIPT = resources.files(__package__).joinpath("finish.lua").read_text()
 RESTAMP_SCRIPT = resources.files(__package__).joinpath("restamp.lua").read_text()
 
@@ -49,6 +53,14 @@ class Ask:
     read_cache: bool = False
     coalesce: bool = False
     lease_s: float = 60.0
+    job: str | None = None  # a request id to claim in the job ledger first
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """The job ledger already knows the request (`claim.verdict`: done, cancelled or busy)."""
+
+    claim: Claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,7 @@ class Hit:
 @dataclass(frozen=True, slots=True)
 class Follow:
     generation: str
+    leader: str = ""  # the instance holding the single-flight claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +90,17 @@ class Limited:
     notices: tuple[Notice, ...] = ()
 
 
-Verdict = Hit | Follow | Admitted | Limited
+Verdict = Known | Hit | Follow | Admitted | Limited
 Arg = str | int | float | bytes
 
 
 class Admission:
     def __init__(self, redis: aioredis.Redis, keys: Keys, health: RedisHealth, *,
-                 replicas_hint: int, prices: dict[str, Price]) -> None:
+                 replicas_hint: int, prices: dict[str, Price],
+                 ledger: JobLedger | None = None) -> None:
         self._redis = redis
         self._keys = keys
+        self.ledger = ledger  # None: no job claims, single-flight owners are not tracked
         self._health = health
         self._prices = prices
         self.local = LocalLimiter(replicas_hint)
@@ -112,11 +127,12 @@ class Admission:
             return Limited(retry_us / 1e6, worst, tuple(notices))
         return Admitted(admission_id, None, False, tuple(notices), now_us)
 
-    async def await_leader(self, ask: Ask, generation: str,
-                           deadline: float) -> bytes | Vanished | TimedOut:
+    async def await_leader(self, ask: Ask, generation: str, deadline: float,
+                           leader: str = "") -> bytes | Vanished | TimedOut:
         try:
             return await await_leader(self._redis, self._keys, kind=ask.kind, digest=ask.digest,
-                                      generation=generation, deadline=deadline)
+                                      generation=generation, deadline=deadline,
+                                      leader=leader if self.ledger is not None else None)
         except RedisError as error:
             self._health.failed("single_flight", error)
             return "vanished"
@@ -140,7 +156,7 @@ class Admission:
         """Store the answer (`ttl_s` 0: only handed to followers), end the claim, count usage."""
         pairs = increments(use, self._prices) if use is not None else []
         day = today()
-        claim = admitted.id if admitted is not None and admitted.claimed else ""
+        claim = self._flight_value(admitted.id) if admitted is not None and admitted.claimed else ""
         generation = admitted.generation if admitted is not None else None
         store = stored is not None and generation is not None and (ttl_s > 0 or bool(claim))
         if not (store or claim or pairs):
@@ -163,11 +179,27 @@ class Admission:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _flight_value(self, admission_id: str) -> str:
+        """A single-flight claim names its owner, so a dead owner's claim can be taken over."""
+        instance = self.ledger.instance_id if self.ledger is not None else ""
+        return f"{instance}/{admission_id}"
+
     def _script_input(self, ask: Ask, admission_id: str) -> tuple[list[str], list[Arg]]:
+        flight = self._keys.flight(ask.digest)
         keys = [self._keys.cache_entry(ask.kind, ask.digest), self._keys.cache_generations(),
-                self._keys.flight(ask.digest)]
+                flight]
         args: list[Arg] = [int(ask.read_cache), int(ask.coalesce), ask.kind, admission_id,
-                              max(1, int(ask.lease_s * 1000)), WARN_AT]
+                           max(1, int(ask.lease_s * 1000)), WARN_AT]
+        if self.ledger is not None and ask.job is not None:
+            job_keys, (instance, alive, ttl) = self.ledger.claim_input(ask.job)
+            keys += job_keys
+            args += [1, instance, alive, ttl]
+        elif self.ledger is not None:
+            keys += [flight, flight]  # unused placeholders
+            args += [0, self.ledger.instance_id, self._keys.instance_prefix(), 0]
+        else:
+            keys += [flight, flight]
+            args += [0, "", "", 0]
         for scope in ask.scopes:
             keys += [self._keys.rate_log(scope.scope, scope.key),
                      self._keys.rate_sum(scope.scope, scope.key),
@@ -178,10 +210,12 @@ class Admission:
 
     def _decode(self, ask: Ask, admission_id: str, raw: list[object]) -> Verdict:
         verdict = _text(raw[0])
+        if verdict in ("done", "cancelled", "busy"):
+            return Known(claim_from(verdict, raw[1]))
         if verdict == "hit":
             return Hit(_bytes(raw[1]))
         if verdict == "follow":
-            return Follow(_text(raw[1]))
+            return Follow(_text(raw[1]), _text(raw[3]))
         now_us = _int(raw[1])
         if verdict == "limited":
             return Limited(_int(raw[2]) / 1e6, ask.scopes[_int(raw[3]) - 1],

@@ -1,19 +1,34 @@
--- The hot path in one round trip: response-cache lookup, single-flight claim, and one atomic
--- check-and-record over every rate-limit scope of the request (all pass, or nothing is
--- recorded). Time is Redis server time in microseconds, so replicas' clocks never matter.
+-- The hot path in one round trip: the job ledger's claim (optional), response-cache lookup,
+-- single-flight claim, and one atomic check-and-record over every rate-limit scope of the
+-- request (all pass, or nothing is recorded). Time is Redis server time in microseconds, so
+-- replicas' clocks never matter. claim_job.lua is prepended.
 --
 -- KEYS[1] cache entry (hash: g = generation, v = stored replies)
 -- KEYS[2] cache generations (hash: '*' and one field per kind)
--- KEYS[3] single-flight claim (string: the leader's admission id)
--- KEYS[4..] four per scope: log (zset; a hash for a provider budget), token sum,
+-- KEYS[3] single-flight claim (string: '<owner instance>/<admission id>')
+-- KEYS[4] job record        KEYS[5] job cancel marker
+-- KEYS[6..] four per scope: log (zset; a hash for a provider budget), token sum,
 --           warning throttle, exceeded throttle
 -- ARGV[1] read the cache (1/0)  ARGV[2] coalesce (1/0)  ARGV[3] kind  ARGV[4] admission id
 -- ARGV[5] claim lease (ms)      ARGV[6] warn ratio
--- ARGV[7..] four per scope: measure (count|sum|budget), limit, window (us), cost
--- Returns {'hit', replies} | {'follow', generation, lease left (ms)}
+-- ARGV[7] claim the job (1/0)   ARGV[8] this instance
+-- ARGV[9] instance liveness key prefix ('' = owners are not tracked)  ARGV[10] job ttl (s)
+-- ARGV[11..] four per scope: measure (count|sum|budget), limit, window (us), cost
+-- Returns {'done', stored events} | {'cancelled', ''} | {'busy', owner}   (the job claim)
+--       | {'hit', replies} | {'follow', generation, lease left (ms), leader instance}
 --       | {'admit', now, generation, notices...}
 --       | {'limited', now, wait (us), index of the scope that waits longest, notices...}
 -- A notice is five values: 'warning' or 'exceeded', scope index, remaining, wait (us), limit.
+-- A single-flight claim whose owner has no liveness key was left by a dead instance: taken over.
+
+local FIXED_KEYS, FIXED_ARGS = 5, 10
+
+if ARGV[7] == '1' then
+  local claim = claim_job(KEYS[4], KEYS[5], ARGV[8], ARGV[9], ARGV[10])
+  if claim[1] ~= 'claimed' then
+    return claim
+  end
+end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -26,18 +41,24 @@ if ARGV[1] == '1' then
     return {'hit', entry[2]}
   end
 end
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
-  return {'follow', gen, redis.call('PTTL', KEYS[3])}
+if ARGV[2] == '1' then
+  local holder = redis.call('GET', KEYS[3])
+  local owner = holder and string.match(holder, '^(.*)/[^/]*$')
+  local alive = owner and (ARGV[9] == '' or (owner ~= ARGV[8]
+                          and redis.call('EXISTS', ARGV[9] .. owner) == 1))
+  if alive then
+    return {'follow', gen, redis.call('PTTL', KEYS[3]), owner}
+  end
 end
 
-local n = (#ARGV - 6) / 4
+local n = (#ARGV - FIXED_ARGS) / 4
 local warn = tonumber(ARGV[6])
 local notices = {}
 local used = {}
 local wait, worst = 0, 0
 
 local function notify(event, i, remaining, retry, limit)
-  local key = KEYS[3 + (i - 1) * 4 + (event == 'warning' and 3 or 4)]
+  local key = KEYS[FIXED_KEYS + (i - 1) * 4 + (event == 'warning' and 3 or 4)]
   if redis.call('SET', key, '1', 'NX', 'PX', 1000) then
     for _, v in ipairs({event, i, math.max(0, remaining), retry, limit}) do
       table.insert(notices, v)
@@ -63,11 +84,15 @@ local function room_in(log, total, limit, cost, window, measure)
   return window
 end
 
+-- Scope i: its first key's index minus one, measure, limit, window (us), cost, log key.
+local function scope(i)
+  local a, k = FIXED_ARGS + (i - 1) * 4, FIXED_KEYS + (i - 1) * 4
+  return k, ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]),
+         KEYS[k + 1]
+end
+
 for i = 1, n do
-  local a, k = 6 + (i - 1) * 4, 3 + (i - 1) * 4
-  local measure, limit = ARGV[a + 1], tonumber(ARGV[a + 2])
-  local window, cost = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local log = KEYS[k + 1]
+  local k, measure, limit, window, cost, log = scope(i)
   if measure == 'budget' then
     local b = redis.call('HMGET', log, 'left', 'limit')
     if b[1] and tonumber(b[1]) < cost then
@@ -110,10 +135,7 @@ if wait > 0 then
 end
 
 for i = 1, n do
-  local a, k = 6 + (i - 1) * 4, 3 + (i - 1) * 4
-  local measure, limit = ARGV[a + 1], tonumber(ARGV[a + 2])
-  local window, cost = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local log = KEYS[k + 1]
+  local k, measure, limit, window, cost, log = scope(i)
   if measure == 'budget' then
     if redis.call('EXISTS', log) == 1 then
       redis.call('HINCRBY', log, 'left', -cost)
@@ -134,6 +156,6 @@ for i = 1, n do
   end
 end
 if ARGV[2] == '1' then
-  redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+  redis.call('SET', KEYS[3], ARGV[8] .. '/' .. ARGV[4], 'PX', ARGV[5])
 end
 return {'admit', now, gen, unpack(notices)}

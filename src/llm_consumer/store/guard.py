@@ -14,6 +14,7 @@ from llm_consumer.store.admission import Admission
 from llm_consumer.store.cache import ResponseCache
 from llm_consumer.store.feedback import LimitFeedback, ProviderFeedback
 from llm_consumer.store.health import RedisHealth
+from llm_consumer.store.jobs import Claim, JobLedger
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.limits_config import LimitsConfig
 from llm_consumer.store.singleflight import LocalFlights
@@ -32,18 +33,19 @@ class Policy:
 class Guard:
     def __init__(self, redis: aioredis.Redis, keys: Keys, *, limits: LimitsConfig,
                  policy: Policy, cache_ttl_default_s: int, cache_ttls: Mapping[str, int],
-                 prices: Mapping[str, Price]) -> None:
+                 prices: Mapping[str, Price], ledger: JobLedger | None = None,
+                 health: RedisHealth | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.limits = limits
         self.policy = policy
         self.prices = dict(prices)
-        self.health = RedisHealth()
+        self.health = health or RedisHealth()  # shared with the job ledger
         self.cache = ResponseCache(redis, keys, default_ttl_s=cache_ttl_default_s,
                                    ttls=cache_ttls)
         self.flights = LocalFlights()
         self.admission = Admission(redis, keys, self.health, replicas_hint=limits.replicas_hint,
-                                   prices=dict(prices))
+                                   prices=dict(prices), ledger=ledger)
         self._feedback = ProviderFeedback(redis, keys, self.health)
         self._unapplied: list[str | None] = []
         self.health.on_recovery(self._apply_invalidations)
@@ -52,6 +54,11 @@ class Guard:
     def degraded(self) -> bool:
         """True while Redis is unreachable (see store.health for what that changes)."""
         return self.health.degraded
+
+    async def claim_job(self, request_id: str) -> Claim:
+        """The job-ledger claim on its own (when no admission carries it)."""
+        ledger = self.admission.ledger
+        return Claim("claimed") if ledger is None else await ledger.claim(request_id)
 
     @property
     def observe(self) -> LimitFeedback:

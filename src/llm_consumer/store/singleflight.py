@@ -5,8 +5,9 @@ the others wait on it without touching Redis (this level works with Redis down, 
 replicas, the local leader claims the request's digest in Redis inside the admission script;
 a replica that finds a claim follows it, polling (20 ms doubling to 250 ms) for the answer the
 leader stores in the cache entry. Every wait is bounded: a leader that fails releases its claim
-and the followers go their own way; one that dies leaves a claim that expires after its lease,
-and followers that time out compute the answer themselves. Nothing ever hangs.
+and the followers go their own way; one that dies leaves a claim naming it, and as soon as its
+instance liveness key lapses, followers stop waiting and the next request takes the claim over
+(admit.lua). Followers that time out compute the answer themselves. Nothing ever hangs.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ class LocalFlights:
 
 
 async def await_leader(redis: aioredis.Redis, keys: Keys, *, kind: str, digest: str,
-                       generation: str, deadline: float) -> bytes | Vanished | TimedOut:
+                       generation: str, deadline: float,
+                       leader: str | None = None) -> bytes | Vanished | TimedOut:
     """Poll until the leader on another replica stored its answer (under `generation`), let
-    its claim go without one, or `deadline` (monotonic) passes."""
+    its claim go without one, died (`leader`: its instance, when liveness is tracked), or
+    `deadline` (monotonic) passes."""
     entry, claim = keys.cache_entry(kind, digest), keys.flight(digest)
     pause = POLL_FIRST_S
     while (left := deadline - time.monotonic()) > 0:
@@ -66,9 +69,11 @@ async def await_leader(redis: aioredis.Redis, keys: Keys, *, kind: str, digest: 
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hmget(entry, "g", "v")
             pipe.exists(claim)
-            (found_generation, stored), claimed = await pipe.execute()
+            if leader is not None:
+                pipe.exists(keys.instance(leader))
+            (found_generation, stored), claimed, *alive = await pipe.execute()
         if stored is not None and found_generation == generation.encode():
             return bytes(stored)
-        if not claimed:
+        if not claimed or alive == [0]:
             return "vanished"
     return "timeout"
