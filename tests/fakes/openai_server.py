@@ -5,8 +5,9 @@
         client = AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
 
 It runs on 127.0.0.1 with an ephemeral port inside the test's event loop (aiohttp AppRunner).
-Scripted responses are served in order; once the script is empty a default responder answers
-with an instance of the request's `response_format.json_schema.schema` (see `sample_for_schema`).
+Scripted responses are served in order; once the script is empty `server.responder` (when set)
+chooses per request from its body, and otherwise a default responder answers with an instance of
+the request's `response_format.json_schema.schema` (see `sample_for_schema`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -70,6 +71,7 @@ class ErrorReply:
 
 
 Scripted = Reply | ErrorReply
+Responder = Callable[[dict[str, Any]], Scripted | None]  # per request, from its body
 
 
 def reply(content: str | None = None, **kwargs: Any) -> Reply:
@@ -258,6 +260,8 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         self.calls_by_model: Counter[str] = Counter()
         self._script: deque[Scripted] = deque()
+        # Asked (with the request body) once the script is empty; None: the default responder.
+        self.responder: Responder | None = None
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -339,7 +343,7 @@ class FakeOpenAI:
         self.calls_by_model[model] += 1
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._error_response(invalid_api_key())
-        entry = self._script.popleft() if self._script else Reply()
+        entry = self._script.popleft() if self._script else self._respond(body)
         if entry.delay_s > 0:
             await self._sleep(entry.delay_s)
         if isinstance(entry, ErrorReply):
@@ -404,6 +408,10 @@ class FakeOpenAI:
         return response
 
     # -- helpers
+
+    def _respond(self, body: dict[str, Any]) -> Scripted:
+        found = self.responder(body) if self.responder is not None else None
+        return found if found is not None else Reply()
 
     async def _sleep(self, delay_s: float) -> None:
         """Wait `delay_s`, or less when the server is shutting down (so a hang never blocks)."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import signal
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,18 +45,34 @@ class Collector:
     basic.get over a connection that is reopened whenever the broker closes it. The queue keeps
     whatever arrives while no connection is open; it is deleted at the end."""
 
-    def __init__(self, settings: Settings, bindings: Iterable[str]) -> None:
+    def __init__(self, settings: Settings, bindings: Iterable[str], *,
+                 url: str = HUB_URL) -> None:
         self.settings = settings
         self.bindings = tuple(bindings)
+        self.url = url
         self.queue_name = f"{settings.queue_prefix}faults-results-{uuid.uuid4().hex[:8]}"
         self.seen: list[Seen] = []
         self.reconnects = 0
+        # content.generated per request id: how many, and when the first one came
+        self.generated: Counter[str] = Counter()
+        self.first_generated: dict[str, float] = {}
         self._ids: set[str] = set()
         self._changed = asyncio.Event()
 
     def of_type(self, event_type: str, request_id: str | None = None) -> list[Seen]:
         return [s for s in self.seen if s.event["type"] == event_type and (
             request_id is None or s.event["data"].get("request_id") == request_id)]
+
+    def missing(self, request_ids: Iterable[str]) -> list[str]:
+        """The requests without a content.generated yet."""
+        return [r for r in request_ids if not self.generated[r]]
+
+    async def wait_generated(self, request_ids: Iterable[str], *, timeout_s: float) -> None:
+        """Wait until every request has a result; on time-out return quietly (the ledger
+        that follows names what is missing)."""
+        wanted = list(request_ids)
+        with contextlib.suppress(TimeoutError):
+            await self.wait_until(lambda: not self.missing(wanted), timeout_s=timeout_s)
 
     async def wait_until(self, done: Any, *, timeout_s: float) -> None:
         """Wait until `done()` is true (re-checked whenever an event arrives)."""
@@ -83,13 +101,18 @@ class Collector:
         if message.redelivered and event["id"] in self._ids:
             return
         self._ids.add(event["id"])
-        self.seen.append(Seen(event, time.monotonic()))
+        seen = Seen(event, time.monotonic())
+        self.seen.append(seen)
+        if event["type"] == catalog.CONTENT_GENERATED:
+            request_id = str(event["data"].get("request_id"))
+            self.generated[request_id] += 1
+            self.first_generated.setdefault(request_id, seen.at)
         self._changed.set()
 
     async def run(self) -> None:
         while True:
             try:
-                connection = await aio_pika.connect(HUB_URL)
+                connection = await aio_pika.connect(self.url)
                 async with connection:
                     queue = await self._declare(connection)
                     while True:
@@ -111,12 +134,12 @@ class Collector:
                 await asyncio.sleep(0.2)
 
     async def declare(self) -> None:
-        connection = await aio_pika.connect(HUB_URL)
+        connection = await aio_pika.connect(self.url)
         async with connection:
             await self._declare(connection)
 
     async def delete(self) -> None:
-        connection = await aio_pika.connect(HUB_URL)
+        connection = await aio_pika.connect(self.url)
         async with connection:
             channel = await connection.channel()
             with contextlib.suppress(Exception):
@@ -124,9 +147,9 @@ class Collector:
 
 
 @asynccontextmanager
-async def collect(settings: Settings, bindings: Iterable[str] = RESULT_TYPES,
-                  ) -> AsyncIterator[Collector]:
-    collector = Collector(settings, bindings)
+async def collect(settings: Settings, bindings: Iterable[str] = RESULT_TYPES, *,
+                  url: str = HUB_URL) -> AsyncIterator[Collector]:
+    collector = Collector(settings, bindings, url=url)
     await collector.declare()  # bound before anything is published
     task = asyncio.create_task(collector.run())
     try:
@@ -141,23 +164,58 @@ async def collect(settings: Settings, bindings: Iterable[str] = RESULT_TYPES,
 # --------------------------------------------------------------------------- requests
 
 
-def marked_request(request_id: str) -> dict[str, Any]:
-    """A backstory request whose context carries its own id, so provider calls map back to it."""
-    return build_request("character.backstory", {"context": {"name": request_id}},
-                         request_id=request_id)
+TEXT_KINDS = ("character.backstory", "character.combat", "character.equipment",
+              "campaign.quest", "world.location", "world.environment")
 
 
-async def publish_requests(settings: Settings, request_ids: Iterable[str]) -> None:
-    connection = await aio_pika.connect(HUB_URL)
+def new_ids(count: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+def marked_request(request_id: str, kind: str = "character.backstory") -> dict[str, Any]:
+    """A request of a text kind answered with content.generated, whose context carries its own
+    id, so provider calls map back to it."""
+    return build_request(kind, {"context": {"name": request_id}}, request_id=request_id)
+
+
+def mixed_kind(request_id: str) -> str:
+    """Mostly backstories, and a share of the other kinds, fixed by the id."""
+    pick = int(request_id[:8], 16) % (2 * len(TEXT_KINDS))
+    return TEXT_KINDS[pick] if pick < len(TEXT_KINDS) else TEXT_KINDS[0]
+
+
+async def publish_requests(settings: Settings, request_ids: Iterable[str], *,
+                           url: str = HUB_URL,
+                           kind_of: Callable[[str], str] | None = None,
+                           batch: int = 50) -> None:
+    """Persistent requests, published with confirms `batch` at a time; one token for all
+    (valid for an hour: a soak's last requests wait in the queue for minutes)."""
+    bearer = f"Bearer {token(ttl_s=3600)}"
+    connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         hub = await channel.get_exchange(settings.hub_exchange)
-        for request_id in request_ids:
-            request = marked_request(request_id)
+
+        async def one(request_id: str) -> None:
+            request = marked_request(request_id, kind_of(request_id) if kind_of else
+                                     "character.backstory")
             await hub.publish(aio_pika.Message(
                 body=orjson.dumps(request), content_type=CLOUDEVENTS_CONTENT_TYPE,
-                headers={"authorization": f"Bearer {token()}"}, message_id=request_id,
+                headers={"authorization": bearer}, message_id=request_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=request["type"])
+
+        ids = list(request_ids)
+        for start in range(0, len(ids), batch):
+            await asyncio.gather(*(one(r) for r in ids[start:start + batch]))
+
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def marker_of(body: dict[str, Any], wanted: set[str]) -> str | None:
+    """The one wanted request id a provider call's prompt carries, else None."""
+    hits = set(UUID_RE.findall(json.dumps(body.get("messages", [])))) & wanted
+    return hits.pop() if len(hits) == 1 else None
 
 
 def provider_calls(fake_openai: Any, request_ids: Iterable[str]) -> Counter[str]:
@@ -165,17 +223,23 @@ def provider_calls(fake_openai: Any, request_ids: Iterable[str]) -> Counter[str]
     wanted = set(request_ids)
     calls: Counter[str] = Counter()
     for recorded in fake_openai.chat_requests:
-        text = json.dumps(recorded.body.get("messages", []))
-        hits = [r for r in wanted if r in text]
-        calls[hits[0] if len(hits) == 1 else "<unmapped>"] += 1
+        calls[marker_of(recorded.body, wanted) or "<unmapped>"] += 1
     return calls
 
 
-async def queue_state(settings: Settings) -> dict[str, tuple[int, int]]:
+async def wait_for_calls(fake_openai: Any, count: int, *, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(fake_openai.chat_requests) < count:
+        assert time.monotonic() < deadline, f"only {len(fake_openai.chat_requests)} calls"
+        await asyncio.sleep(0.02)
+
+
+async def queue_state(settings: Settings, *, url: str = HUB_URL,
+                      ) -> dict[str, tuple[int, int]]:
     """(ready messages, consumers) of the work, dead and delay queues."""
     topology = build_topology(settings.queue_prefix, settings.hub_exchange)
     found = {}
-    connection = await aio_pika.connect(HUB_URL)
+    connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         for spec in (topology.work, topology.dead, *(q for _, q in topology.delays)):
@@ -194,10 +258,24 @@ async def settle(settings: Settings, collector: Collector, *, timeout_s: float =
     last = len(collector.seen)
     while time.monotonic() < deadline and quiet < 4:
         await asyncio.sleep(0.5)
-        state = await queue_state(settings)
+        state = await queue_state(settings, url=collector.url)
         waiting = sum(n for name, (n, _) in state.items() if name != topology.dead.name)
         quiet = quiet + 1 if waiting == 0 and len(collector.seen) == last else 0
         last = len(collector.seen)
+
+
+async def assert_queues_empty(settings: Settings, *, url: str = HUB_URL,
+                              ) -> dict[str, tuple[int, int]]:
+    topology = build_topology(settings.queue_prefix, settings.hub_exchange)
+    state = await queue_state(settings, url=url)
+    assert state[topology.work.name][0] == 0, "left in the work queue"
+    assert state[topology.dead.name][0] == 0, "dead-lettered"
+    return state
+
+
+async def work_consumers(settings: Settings, *, url: str = HUB_URL) -> int:
+    topology = build_topology(settings.queue_prefix, settings.hub_exchange)
+    return (await queue_state(settings, url=url))[topology.work.name][1]
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -214,11 +292,11 @@ class Ledger:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def results(self, request_id: str) -> int:
-        return len(self.collector.of_type(catalog.CONTENT_GENERATED, request_id))
+        return self.collector.generated[request_id]
 
     @property
     def lost(self) -> list[str]:
-        return [r for r in self.request_ids if self.results(r) == 0]
+        return self.collector.missing(self.request_ids)
 
     @property
     def unexpected(self) -> list[dict[str, Any]]:
@@ -244,12 +322,15 @@ class Ledger:
     @property
     def recovery_s(self) -> float:
         """From the fault to the first result of the last request to get one."""
-        firsts = [min(s.at for s in self.collector.of_type(catalog.CONTENT_GENERATED, r))
-                  for r in self.request_ids if self.results(r)]
+        firsts = [self.collector.first_generated[r] for r in self.request_ids
+                  if r in self.collector.first_generated]
         return max(0.0, max(firsts, default=self.fault_at) - self.fault_at)
 
     def report(self) -> None:
-        per_request = {r[-8:]: (self.calls[r], self.results(r)) for r in self.request_ids}
+        per_request: dict[str, Any] = {r[-8:]: (self.calls[r], self.results(r))
+                                       for r in self.request_ids}
+        if len(per_request) > 60:  # a load test: the histogram, not every request
+            per_request = {"(calls, results) -> requests": dict(Counter(per_request.values()))}
         print(f"\n=== fault ledger: {self.name} ===")
         print(f"requests={len(self.request_ids)} lost={len(self.lost)} "
               f"unexpected={len(self.unexpected)} duplicate_provider_calls={self.duplicate_calls} "
@@ -277,6 +358,50 @@ class Process:
     process: asyncio.subprocess.Process
     lines: list[bytes]
     drain: asyncio.Task[None]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_kb(self) -> int:
+        """VmRSS of the service process, from /proc."""
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def outcomes(self) -> Counter[str]:
+        """`message.settled` outcomes this process logged (completed, duplicate, retry, ...)."""
+        found: Counter[str] = Counter()
+        for line in self.lines:
+            if b"message.settled" in line:
+                with contextlib.suppress(ValueError):
+                    found[str(orjson.loads(line).get("outcome"))] += 1
+        return found
+
+    def tail(self, count: int = 30) -> str:
+        return b"".join(self.lines[-count:]).decode(errors="replace")
+
+    async def stop(self, *, timeout_s: float = 60) -> int:
+        """SIGTERM, then the exit code (a process that does not exit is killed, and the
+        test fails on its code)."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout_s)
+        except TimeoutError:
+            self.process.kill()
+            code = await self.process.wait()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(self.drain, 5)
+        return code
+
+
+# Rate limits stay out of the way of load and fault tests (they are tested on their own);
+# short leases and single-flight waits let a survivor take over a dead worker's claims soon.
+FAULT_ENV = {"RATE_LIMIT_GLOBAL": "off", "RATE_LIMIT_USER": "off", "RATE_LIMIT_TEXT": "off",
+             "LEASE_S": "5", "SINGLEFLIGHT_WAIT_S": "5", "SHUTDOWN_GRACE_S": "10"}
 
 
 async def start_process(settings: Settings, fake_openai: Any, **extra: str) -> Process:

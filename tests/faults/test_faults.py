@@ -1,7 +1,8 @@
-"""Faults against the real broker, Redis and the service: a worker killed mid-request, every
-connection closed by the broker under load, a provider call that hangs. Each test ends with a
-per-request ledger (printed; `pytest -s` shows it): nothing lost, nothing unexpected,
-duplicates bounded, and the recovery time."""
+"""Faults of the service itself: a worker killed mid-request, a provider call that hangs. Each
+test ends with a per-request ledger (printed; `pytest -s` shows it): nothing lost, nothing
+unexpected, duplicates bounded, and the recovery time. The broker's faults are in
+test_broker_faults.py, Redis's in test_redis_faults.py, the provider's storms in
+test_provider_storms.py, load and SIGTERM under load in test_load.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import asyncio
 import contextlib
 import signal
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,34 +22,17 @@ from tests.conftest import Service
 from tests.fakes.openai_server import hang, reply
 from tests.faults.ledger import (
     Ledger,
+    assert_queues_empty,
     collect,
+    new_ids,
     provider_calls,
     publish_requests,
-    queue_state,
     settle,
     start_process,
+    wait_for_calls,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def new_ids(count: int) -> list[str]:
-    return [str(uuid.uuid4()) for _ in range(count)]
-
-
-async def wait_for_calls(fake_openai: Any, count: int, *, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while len(fake_openai.chat_requests) < count:
-        assert time.monotonic() < deadline, f"only {len(fake_openai.chat_requests)} calls"
-        await asyncio.sleep(0.02)
-
-
-async def assert_queues_empty(settings: Settings) -> dict[str, tuple[int, int]]:
-    topology = build_topology(settings.queue_prefix, settings.hub_exchange)
-    state = await queue_state(settings)
-    assert state[topology.work.name][0] == 0, "left in the work queue"
-    assert state[topology.dead.name][0] == 0, "dead-lettered"
-    return state
 
 
 async def test_kill_9_mid_request_loses_nothing(settings_factory: Callable[..., Settings],
@@ -91,44 +74,6 @@ async def test_kill_9_mid_request_loses_nothing(settings_factory: Callable[..., 
         ledger.check(max_calls_per_request=2, max_duplicate_results=4)
         await assert_queues_empty(settings)
     assert exit_code == 0
-
-
-async def test_broker_closes_every_connection_mid_load(
-    openai_service: Callable[..., Awaitable[Service]], fake_openai: Any,
-) -> None:
-    # rabbitmqctl needs ~2 s to boot its Erlang VM: four at a time, the 30 requests keep the
-    # service busy for ~4 s, so the close lands mid-load (asserted below).
-    service = await openai_service(concurrency=4)
-    settings = service.settings
-    ids = new_ids(30)
-    fake_openai.script(*[reply(None, delay_s=0.5) for _ in range(120)])
-    async with collect(settings) as results:
-        await publish_requests(settings, ids)
-        await wait_for_calls(fake_openai, 1)
-        closer = await asyncio.create_subprocess_exec(
-            "rabbitmqctl", "close_all_connections", "test: fault injection",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        output, _ = await asyncio.wait_for(closer.communicate(), 30)
-        assert closer.returncode == 0, output.decode()
-        closed_at = time.monotonic()
-        done_before = len(results.of_type(catalog.CONTENT_GENERATED))
-        with contextlib.suppress(TimeoutError):  # the ledger below names what is missing
-            await results.wait_until(
-                lambda: all(results.of_type(catalog.CONTENT_GENERATED, r) for r in ids),
-                timeout_s=45)
-        await settle(settings, results)
-        state = await queue_state(settings)
-        topology = build_topology(settings.queue_prefix, settings.hub_exchange)
-        ledger = Ledger("broker closes all connections", ids, results,
-                        provider_calls(fake_openai, ids), closed_at,
-                        notes={"results_before_close_returned": done_before,
-                               "collector_reconnects": results.reconnects,
-                               "work_queue_consumers": state[topology.work.name][1]})
-        ledger.check(max_calls_per_request=2, max_duplicate_results=len(ids))
-        await assert_queues_empty(settings)
-        assert results.reconnects >= 1, "the close did not reach the collector's connection"
-        assert done_before < len(ids), "the close landed after the load"
-        assert state[topology.work.name][1] == 1, "the service consumes again"
 
 
 async def test_hung_provider_call_times_out_alone(

@@ -1,0 +1,150 @@
+"""A RabbitMQ node of the test's own, to kill and restart without touching the shared broker.
+
+It runs from the installed server (`/usr/lib/rabbitmq/bin`, the scripts behind the Debian
+wrappers, which would `su` to the rabbitmq user and read /etc/rabbitmq) with everything of its
+own: node name, AMQP and distribution ports on 127.0.0.1, data and log directories, config and
+env files, an empty plugin list (so no management listener wants port 15672) and an Erlang
+cookie in its own HOME. Messages and durable queues live in its data directory, so a restart
+on the same directory keeps what was confirmed before a `kill -9`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tests.store.conftest import free_port
+
+SBIN = Path("/usr/lib/rabbitmq/bin")
+BOOT_TIMEOUT_S = 90.0
+
+
+def available() -> bool:
+    return (SBIN / "rabbitmq-server").exists() and (SBIN / "rabbitmqctl").exists()
+
+
+class RabbitNode:
+    def __init__(self) -> None:
+        self.name = f"faults-{uuid.uuid4().hex[:8]}@localhost"
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="llm-rabbit-"))
+        self.pid: int | None = None
+        self.starts = 0
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq-env.conf").write_text("")
+        (self.dir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            "loopback_users.guest = true\n"
+            "log.console = false\n")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def env(self) -> dict[str, str]:
+        keep = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        return {
+            **keep,
+            "HOME": str(self.dir),  # the Erlang cookie of this node and of its rabbitmqctl
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_PID_FILE": str(self.dir / "node.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+
+    # -- blocking (fixture set-up and tear-down) ----------------------------------------------
+
+    def ctl(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SBIN / "rabbitmqctl"), "-q", "-n", self.name, *args],
+                              env=self.env, capture_output=True, text=True, timeout=timeout_s)
+
+    def start(self) -> None:
+        """Boot (or boot again on the same data directory) and wait until it serves AMQP."""
+        (self.dir / "node.pid").unlink(missing_ok=True)
+        subprocess.run([str(SBIN / "rabbitmq-server"), "-detached"], env=self.env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        while not self._serving():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {self.name} did not start:\n{self.log_tail()}")
+            time.sleep(0.2)
+        done = self.ctl("await_startup", "--timeout", "60", timeout_s=90)
+        if done.returncode != 0:
+            raise RuntimeError(f"await_startup: {done.stdout}{done.stderr}\n{self.log_tail()}")
+        self.pid = self._read_pid()
+        self.starts += 1
+
+    def stop(self) -> None:
+        """Stop the node (hard when it does not stop) and delete its directory."""
+        if self.pid is not None and _alive(self.pid):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.ctl("stop", timeout_s=60)
+            deadline = time.monotonic() + 15
+            while _alive(self.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(self.pid):
+                os.kill(self.pid, signal.SIGKILL)
+        self.pid = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        found = sorted((self.dir / "log").glob("*.log"))
+        if not found:
+            return "(no log)"
+        return "\n".join(found[0].read_text(errors="replace").splitlines()[-lines:])
+
+    def _serving(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
+                                                                     timeout=0.2):
+            return True
+        return False
+
+    def _read_pid(self) -> int:
+        pid_file = self.dir / "node.pid"
+        if pid_file.exists() and pid_file.read_text().strip().isdigit():
+            return int(pid_file.read_text().strip())
+        found = self.ctl("eval", "os:getpid().")  # prints "12345" with the quotes
+        return int(found.stdout.strip().strip('"'))
+
+    # -- from a running test (the event loop keeps serving while the node boots) ---------------
+
+    async def kill(self) -> None:
+        """`kill -9` the node's beam.smp and wait until it is gone."""
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGKILL)
+        while _alive(self.pid):
+            await asyncio.sleep(0.05)
+
+    async def restart(self) -> None:
+        await asyncio.to_thread(self.start)
+
+    async def close_all_connections(self, reason: str = "test: fault injection") -> None:
+        done = await asyncio.to_thread(self.ctl, "close_all_connections", reason)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie left for a parent that is not us counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
