@@ -335,17 +335,23 @@ class Ledger:
         print(f"requests={len(self.request_ids)} lost={len(self.lost)} "
               f"unexpected={len(self.unexpected)} duplicate_provider_calls={self.duplicate_calls} "
               f"duplicate_results={self.duplicate_results} max_calls_per_request="
-              f"{self.max_calls} unmapped_calls={self.calls['<unmapped>']} "
+              f"{self.max_calls} unauthorized_provider_calls={self.unauthorized_calls} "
               f"recovery_s={self.recovery_s:.2f}")
         for key, value in self.notes.items():
             print(f"{key}={value}")
         print("per request (id tail: provider calls, results):", per_request)
 
+    @property
+    def unauthorized_calls(self) -> int:
+        """Provider calls that carry none of the test's (authorized) requests: the service
+        paid for something nobody with a token asked for."""
+        return self.calls["<unmapped>"]
+
     def check(self, *, max_calls_per_request: int, max_duplicate_results: int) -> None:
         self.report()
         assert self.lost == [], f"lost: {self.lost}"
         assert self.unexpected == [], f"unexpected: {self.unexpected}"
-        assert self.calls["<unmapped>"] == 0
+        assert self.unauthorized_calls == 0, "provider calls for no request the test sent"
         assert self.max_calls <= max_calls_per_request, dict(self.calls)
         assert self.duplicate_results <= max_duplicate_results
 
