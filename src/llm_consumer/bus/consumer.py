@@ -235,10 +235,21 @@ class Consumer:
         async def running() -> None:
             await self._status(env, "running", attempt, message.reply_to)
 
+        # The final events, once the pipeline recorded them with its finish.lua call. When that
+        # call failed, Redis is in its cool-down and a ledger.finish of our own would be skipped
+        # too: the request then has no record, as in any Redis outage (a redelivery runs again).
+        sealed: list[Envelope] = []
+
+        def seal(replies: list[Reply]) -> list[bytes]:
+            sealed[:] = [new_event(r.type, r.data, source=self._config.source, cause=env)
+                         for r in replies]
+            return [_encode(e) for e in sealed]
+
         request = Request(envelope=env, data=data, principal=principal, attempt=attempt,
                           emit=lambda t, d: self._publish(t, d, cause=env,
                                                           reply_to=message.reply_to),
-                          claims_job=claims_in_job, on_running=running)
+                          claims_job=claims_in_job, on_running=running,
+                          seal=seal if claims_in_job else None)
         if not claims_in_job:
             await running()
         outcome = await self._run_job(request)
@@ -246,9 +257,10 @@ class Consumer:
             return await self._answer_from_ledger(message, env, data, attempt, outcome)
         if isinstance(outcome, ServiceError):
             return await self._fail(message, env, data, outcome, attempt)
-        events = [new_event(r.type, r.data, source=self._config.source, cause=env)
-                  for r in outcome]
-        await self._ledger.finish(env.id, [_encode(e) for e in events])
+        events = sealed or [new_event(r.type, r.data, source=self._config.source, cause=env)
+                            for r in outcome]
+        if not sealed:
+            await self._ledger.finish(env.id, [_encode(e) for e in events])
         await self._status(env, "completed", attempt, message.reply_to)
         for event in events:
             await self._publisher.publish_event(event, reply_to=message.reply_to)

@@ -56,6 +56,9 @@ class Request:
     # Redis round trip for both) and raises AlreadyClaimed when the ledger knows the request.
     claims_job: bool = False
     on_running: Callable[[], Awaitable[None]] = _nothing  # once the claim is made
+    # The request's final events for these replies, encoded: the pipeline records them in the
+    # job ledger with its last Redis call (finish.lua) instead of a round trip of their own.
+    seal: Callable[[list[Reply]], list[bytes]] | None = None
 
     @property
     def id(self) -> str:

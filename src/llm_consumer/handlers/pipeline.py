@@ -190,7 +190,8 @@ class _Run:
         stored = cache.encode([(r.type, r.data.model_dump(mode="json")) for r in replies]
                               ) if storable else None
         await self.guard.admission.finish(ask, admitted, stored=stored, ttl_s=self.plan.ttl_s,
-                                          use=self._use(replies, hit=False))
+                                          use=self._use(replies, hit=False),
+                                          record=self._record(replies))
         return replies, stored
 
     async def _answer(self, stored: bytes) -> list[Reply]:
@@ -201,8 +202,13 @@ class _Run:
                    "duration_ms": self.request.elapsed_ms()}
             model = catalog.EVENTS[event_type].model
             replies.append(Reply(event_type, model.model_validate({**data, **own})))
-        await self.guard.admission.finish(self.plan.ask, None, use=self._use(replies, hit=True))
+        await self.guard.admission.finish(self.plan.ask, None, use=self._use(replies, hit=True),
+                                          record=self._record(replies))
         return replies
+
+    def _record(self, replies: list[Reply]) -> tuple[str, list[bytes]] | None:
+        seal = self.request.seal
+        return (self.request.id, seal(replies)) if seal is not None else None
 
     def _use(self, replies: list[Reply], *, hit: bool) -> Use:
         first = replies[0].data if replies else None

@@ -152,30 +152,38 @@ class Admission:
             self._health.failed("restamp", error)
 
     async def finish(self, ask: Ask, admitted: Admitted | None, *, stored: bytes | None = None,
-                     ttl_s: int = 0, use: Use | None = None) -> None:
-        """Store the answer (`ttl_s` 0: only handed to followers), end the claim, count usage."""
+                     ttl_s: int = 0, use: Use | None = None,
+                     record: tuple[str, list[bytes]] | None = None) -> bool:
+        """Store the answer (`ttl_s` 0: only handed to followers), end the claim, record the
+        request's final events in the job ledger (`record`: its id and the encoded events),
+        count usage. True when the record was written."""
         pairs = increments(use, self._prices) if use is not None else []
         day = today()
         claim = self._flight_value(admitted.id) if admitted is not None and admitted.claimed else ""
         generation = admitted.generation if admitted is not None else None
         store = stored is not None and generation is not None and (ttl_s > 0 or bool(claim))
-        if not (store or claim or pairs):
-            return
+        recording = record is not None and self.ledger is not None
+        if not (store or claim or pairs or recording):
+            return False
         if not self._health.usable():
             self._usage.add(day, pairs)
-            return
+            return False
+        job_key, job_args = (self.ledger.record_input(*record)
+                             if record is not None and self.ledger is not None
+                             else (self._keys.usage_day(day), ["", "", 0]))
         keys = [self._keys.cache_entry(ask.kind, ask.digest), self._keys.flight(ask.digest),
-                self._keys.usage_day(day)]
+                self._keys.usage_day(day), job_key]
         args: list[Arg] = [(generation or "") if store else "", stored or b"",
-                           (ttl_s or HANDOFF_TTL_S) * 1000, claim, RETENTION_S,
+                           (ttl_s or HANDOFF_TTL_S) * 1000, claim, RETENTION_S, *job_args,
                            *(item for pair in pairs for item in pair)]
         try:
             await self._finish(keys=keys, args=args)
         except RedisError as error:
             self._health.failed("finish", error)
             self._usage.add(day, pairs)
-        else:
-            await self._health.succeeded()
+            return False
+        await self._health.succeeded()
+        return recording
 
     # -- internals --------------------------------------------------------------------------
 

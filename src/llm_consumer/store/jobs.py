@@ -27,7 +27,7 @@ from llm_consumer.store.keys import Keys
 log = structlog.get_logger(__name__)
 
 Verdict = Literal["claimed", "done", "busy", "cancelled"]
-Arg = str | int
+Arg = str | int | bytes
 T = TypeVar("T")
 
 
@@ -68,6 +68,11 @@ def claim_from(verdict: object, payload: object) -> Claim:
     return Claim(name)
 
 
+def stored_events(events: list[bytes]) -> bytes:
+    """A request's final events as its job record keeps them: one JSON array."""
+    return b"[" + b",".join(events) + b"]"
+
+
 class JobLedger:
     def __init__(
         self,
@@ -91,6 +96,12 @@ class JobLedger:
     @property
     def instance_id(self) -> str:
         return self._instance
+
+    def record_input(self, request_id: str, events: list[bytes]) -> tuple[str, list[Arg]]:
+        """Key and arguments of a `done` record (finish.lua writes it with the request's
+        other after-work; `finish` below on its own)."""
+        return (self._keys.job(request_id),
+                [stored_events(events), self._instance, self._result_ttl_s])
 
     def claim_input(self, request_id: str) -> tuple[list[str], list[Arg]]:
         """Keys and arguments of claim_job.lua for `request_id` (also used by admit.lua)."""
@@ -121,8 +132,7 @@ class JobLedger:
 
     async def finish(self, request_id: str, events: list[bytes]) -> None:
         """Record the final events so a redelivery re-publishes them instead of regenerating."""
-        stored = b"[" + b",".join(events) + b"]"
-        key = self._keys.job(request_id)
+        key, (stored, _, _) = self.record_input(request_id, events)
 
         async def write() -> object:
             async with self._redis.pipeline(transaction=True) as pipe:
