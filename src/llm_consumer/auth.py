@@ -2,13 +2,17 @@
 
 HS256 only (pinned: a token naming any other algorithm, `none` included, is refused), `exp`
 required, `nbf`/`iat` honoured with a small leeway, `aud`/`iss` checked when configured.
+
+Peers send the same service token with many requests: a token that verified is remembered
+(the last VERIFIED_TOKENS of them) with its expiry, so it is not decoded and signed again for
+every message; its expiry is still checked each time.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 
@@ -17,6 +21,7 @@ from llm_consumer.errors import Forbidden, Unauthorized
 ALGORITHM = "HS256"
 BEARER = "bearer "
 MAX_TOKEN_LENGTH = 8192
+VERIFIED_TOKENS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,7 @@ class TokenVerifier:
     audience: str | None = None
     issuer: str | None = None
     leeway_s: int = 30
+    _verified: dict[str, tuple[Principal, float]] = field(default_factory=dict, repr=False)
 
     def verify_header(self, headers: Mapping[str, object]) -> Principal:
         """Check the `authorization: Bearer <JWT>` header; raise Unauthorized when it fails."""
@@ -48,6 +54,20 @@ class TokenVerifier:
         return self.verify(token)
 
     def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None:
+            principal, expires_at = known
+            if time.time() <= expires_at + self.leeway_s:
+                return principal
+            del self._verified[token]
+            raise Unauthorized("token expired")
+        principal, expires_at = self._decode(token)
+        if len(self._verified) >= VERIFIED_TOKENS:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[token] = (principal, expires_at)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
         options: dict[str, object] = {"require": ["exp", "sub"]}
         try:
             claims = jwt.decode(
@@ -66,7 +86,7 @@ class TokenVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise Unauthorized("token subject must be a non-empty string")
-        return Principal(subject=subject, permissions=_permissions(claims))
+        return Principal(subject=subject, permissions=_permissions(claims)), float(claims["exp"])
 
 
 def require(principal: Principal, permission: str) -> None:
