@@ -35,7 +35,6 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("    SDK request build", "BaseClient._build_request"),
     ("    HTTP send + receive", "AsyncClient.send"),
     ("    aiohttp transport", "AiohttpTransport.handle_async_request"),
-    ("  pydantic model_validate (the answer, content models)", "model_validate (pydantic/main.py"),
     ("restamp task (restamp.lua, alongside the call)", "Admission.restamp"),
     ("every Redis script call, anywhere", "AsyncScript.__call__"),
     ("AMQP frames in (aiormq reader)", "Connection.__reader"),
