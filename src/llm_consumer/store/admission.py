@@ -153,24 +153,24 @@ class Admission:
 
     async def finish(self, ask: Ask, admitted: Admitted | None, *, stored: bytes | None = None,
                      ttl_s: int = 0, use: Use | None = None,
-                     record: tuple[str, list[bytes]] | None = None) -> bool:
+                     record: tuple[str, list[bytes]] | None = None) -> None:
         """Store the answer (`ttl_s` 0: only handed to followers), end the claim, record the
         request's final events in the job ledger (`record`: its id and the encoded events),
-        count usage. True when the record was written."""
+        count usage."""
         pairs = increments(use, self._prices) if use is not None else []
         day = today()
         claim = self._flight_value(admitted.id) if admitted is not None and admitted.claimed else ""
         generation = admitted.generation if admitted is not None else None
         store = stored is not None and generation is not None and (ttl_s > 0 or bool(claim))
-        recording = record is not None and self.ledger is not None
-        if not (store or claim or pairs or recording):
-            return False
+        recorded = (self.ledger.record_input(*record)
+                    if record is not None and self.ledger is not None else None)
+        if not (store or claim or pairs or recorded):
+            return
         if not self._health.usable():
             self._usage.add(day, pairs)
-            return False
-        job_key, job_args = (self.ledger.record_input(*record)
-                             if record is not None and self.ledger is not None
-                             else (self._keys.usage_day(day), ["", "", 0]))
+            return
+        # Without a record: a placeholder key, and '' for the events (finish.lua writes none).
+        job_key, job_args = recorded or (self._keys.usage_day(day), ["", "", 0])
         keys = [self._keys.cache_entry(ask.kind, ask.digest), self._keys.flight(ask.digest),
                 self._keys.usage_day(day), job_key]
         args: list[Arg] = [(generation or "") if store else "", stored or b"",
@@ -181,16 +181,18 @@ class Admission:
         except RedisError as error:
             self._health.failed("finish", error)
             self._usage.add(day, pairs)
-            return False
-        await self._health.succeeded()
-        return recording
+        else:
+            await self._health.succeeded()
 
     # -- internals --------------------------------------------------------------------------
 
     def _flight_value(self, admission_id: str) -> str:
         """A single-flight claim names its owner, so a dead owner's claim can be taken over."""
-        instance = self.ledger.instance_id if self.ledger is not None else ""
-        return f"{instance}/{admission_id}"
+        return f"{self._instance}/{admission_id}"
+
+    @property
+    def _instance(self) -> str:
+        return self.ledger.instance_id if self.ledger is not None else ""
 
     def _script_input(self, ask: Ask, admission_id: str) -> tuple[list[str], list[Arg]]:
         flight = self._keys.flight(ask.digest)
@@ -199,15 +201,13 @@ class Admission:
         args: list[Arg] = [int(ask.read_cache), int(ask.coalesce), ask.kind, admission_id,
                            max(1, int(ask.lease_s * 1000)), WARN_AT]
         if self.ledger is not None and ask.job is not None:
-            job_keys, (instance, alive, ttl) = self.ledger.claim_input(ask.job)
+            job_keys, job_args = self.ledger.claim_input(ask.job)
             keys += job_keys
-            args += [1, instance, alive, ttl]
-        elif self.ledger is not None:
+            args += [1, *job_args]
+        else:  # no claim; the liveness prefix still tells followers whether a leader lives
+            alive = self._keys.instance_prefix() if self.ledger is not None else ""
             keys += [flight, flight]  # unused placeholders
-            args += [0, self.ledger.instance_id, self._keys.instance_prefix(), 0]
-        else:
-            keys += [flight, flight]
-            args += [0, "", "", 0]
+            args += [0, self._instance, alive, 0]
         for scope in ask.scopes:
             keys += [self._keys.rate_log(scope.scope, scope.key),
                      self._keys.rate_sum(scope.scope, scope.key),
