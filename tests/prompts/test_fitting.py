@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from llm_consumer.prompts.fitting import Budget, ContextWindows, fit_context, serialize
-from llm_consumer.prompts.tokens import EstimatedCounter, counter_for
+from llm_consumer.prompts.tokens import BpeCounter, EstimatedCounter, counter_for
 
 O200K = counter_for("gpt-5-nano")
 
@@ -64,3 +64,16 @@ def test_unknown_models_use_the_calibrated_estimate() -> None:
     counter = counter_for("llama-3-8b-instruct")
     assert isinstance(counter, EstimatedCounter) and not counter.exact
     assert counter_for("gpt-5-nano").exact and counter_for("gpt-4").exact
+
+
+def test_a_prompt_that_fits_by_its_size_never_loads_the_tokenizer() -> None:
+    counter = BpeCounter("o200k_base")  # a fresh one: the shared O200K may be loaded already
+    context = {"name": "Mira Thornvale", "class": "Rogue", "notes": "an oath to a river " * 100}
+    fitted, report = fit_context(context, fixed_text="system prompt",
+                                 budget=Budget(8192, counter, 900))
+    assert fitted == context and report.max_tokens == 900
+    assert counter._encoding is None, "the UTF-8 size settled it"
+    # The same prompt in a window too small for that bound is counted exactly.
+    fitted, report = fit_context(context, fixed_text="system prompt",
+                                 budget=Budget(1500, counter, 900))
+    assert counter._encoding is not None and report.exact_count
