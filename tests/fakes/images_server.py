@@ -162,13 +162,23 @@ class FakeImages:
 
     # -- GetImg
 
-    async def _getimg_v1(self, request: web.Request) -> web.Response:
+    async def _getimg_call(self, request: web.Request,
+                           ) -> tuple[dict[str, Any], str, web.Response | None]:
+        """A GetImg call's body and output format, and the answer that ends it early when one
+        is scripted (a refusal, an odd image)."""
         body = await self._json(request, "getimg")
-        if (refused := self._refusal(request, "getimg")) is not None:
-            return refused
         fmt = str(body.get("output_format", "jpeg"))
+        if (refused := self._refusal(request, "getimg")) is not None:
+            return body, fmt, refused
         if isinstance(entry := self._next("getimg"), Odd):
-            return web.json_response({"image": base64.b64encode(_odd(entry, fmt)).decode()})
+            return body, fmt, web.json_response(
+                {"image": base64.b64encode(_odd(entry, fmt)).decode()})
+        return body, fmt, None
+
+    async def _getimg_v1(self, request: web.Request) -> web.Response:
+        body, fmt, early = await self._getimg_call(request)
+        if early is not None:
+            return early
         prompt = str(body.get("prompt", ""))
         if request.match_info["mode"] == "image-to-image":
             picture = tint(_open_b64(body["image"]), prompt)
@@ -179,12 +189,9 @@ class FakeImages:
                                   "seed": body.get("seed", 42), "cost": 0.0045})
 
     async def _getimg_enhance(self, request: web.Request) -> web.Response:
-        body = await self._json(request, "getimg")
-        if (refused := self._refusal(request, "getimg")) is not None:
-            return refused
-        fmt = str(body.get("output_format", "jpeg"))
-        if isinstance(entry := self._next("getimg"), Odd):
-            return web.json_response({"image": base64.b64encode(_odd(entry, fmt)).decode()})
+        body, fmt, early = await self._getimg_call(request)
+        if early is not None:
+            return early
         source = _open_b64(body["image"])
         if request.match_info["op"] == "upscale":
             scale = int(body.get("scale", 4))
