@@ -40,6 +40,7 @@ pytestmark = pytest.mark.slow
 # Enough that the load outlasts the pause and the flush: the service serves on at close to its
 # full rate while Redis hangs (about 24 a second here), so the flush still lands mid-load.
 REQUESTS = 400
+TEST_BUDGET_S = 200.0  # every step below is bounded; this bounds the whole
 PAUSE_S = 10.0  # the service's Redis socket time-out is 5 s, its heartbeat every 1.7 s
 
 
@@ -67,9 +68,9 @@ async def test_redis_paused_then_flushed_mid_load(
                                   INSTANCE_ID=f"faults-redis-{ids[0][:6]}")
     statuses: list[tuple[float, str]] = []
     watcher = asyncio.create_task(watch_health(health, statuses))
-    client = aioredis.from_url(own_redis.url)
+    client = aioredis.from_url(own_redis.url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        async with collect(settings) as results:
+        async with asyncio.timeout(TEST_BUDGET_S), collect(settings) as results:
             await publish_requests(settings, ids)
             await results.wait_until(lambda: len(results.generated) >= REQUESTS // 8,
                                      timeout_s=30)
@@ -113,8 +114,12 @@ async def test_redis_paused_then_flushed_mid_load(
             assert consumers == 1
     finally:
         watcher.cancel()
-        await client.aclose()
         exit_code = await service.stop()
+        # The service is stopped first and the close is bounded: twice in full-suite runs this
+        # test stalled after the flush, idle, with the service still up (cause not found). The
+        # budget above and this bound make such a stall a failure instead of a hung CI run.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(client.aclose(), 5)
     assert exit_code == 0, service.tail()
 
 
