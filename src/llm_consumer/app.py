@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from llm_consumer import metrics
 from llm_consumer.auth import TokenVerifier
 from llm_consumer.bus.consumer import Consumer, ConsumerConfig
+from llm_consumer.bus.declare import check_topology
 from llm_consumer.bus.publisher import Publisher
 from llm_consumer.bus.topology import Topology, build_topology
 from llm_consumer.events.envelope import new_event
@@ -61,16 +62,20 @@ class Broker:
     notice_hub: AbstractExchange  # the hub on that channel
 
 
-async def declare_topology(channel: AbstractChannel, topology: Topology) -> tuple[
-        AbstractExchange, AbstractExchange]:
-    """Declare the exchanges, queues and bindings the service owns (idempotent)."""
+async def declare_topology(connection: AbstractRobustConnection, channel: AbstractChannel,
+                           topology: Topology) -> tuple[AbstractExchange, AbstractExchange]:
+    """Declare the exchanges, queues and bindings the service owns (idempotent). Objects that
+    exist with other arguments are checked first (bus/declare.py): adopted where that is safe,
+    declared passively then; otherwise TopologyConflict stops start-up with one line."""
+    adopted = await check_topology(connection, topology)
     hub = await channel.declare_exchange(topology.hub_exchange, aio_pika.ExchangeType.TOPIC,
-                                         durable=True)
+                                         durable=True, passive=topology.hub_exchange in adopted)
     dlx = await channel.declare_exchange(topology.dead_letter_exchange,
-                                         aio_pika.ExchangeType.TOPIC, durable=True)
+                                         aio_pika.ExchangeType.TOPIC, durable=True,
+                                         passive=topology.dead_letter_exchange in adopted)
     exchanges = {topology.hub_exchange: hub, topology.dead_letter_exchange: dlx}
     for spec in topology.queues:
-        queue = await channel.declare_queue(spec.name, durable=True,
+        queue = await channel.declare_queue(spec.name, durable=True, passive=spec.name in adopted,
                                             arguments=spec.arguments)  # type: ignore[arg-type]
         for exchange, key in spec.bindings:
             await queue.bind(exchanges[exchange], routing_key=key)
@@ -85,8 +90,9 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     )
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        topology = build_topology(settings.queue_prefix, settings.hub_exchange)
-        hub, dlx = await declare_topology(channel, topology)
+        topology = build_topology(settings.queue_prefix, settings.hub_exchange,
+                                  dead_letter_max_length=settings.dead_letter_max_length)
+        hub, dlx = await declare_topology(connection, channel, topology)
         notice_channel = await connection.channel(publisher_confirms=False)
         notices = await notice_channel.get_exchange(topology.hub_exchange, ensure=False)
         yield Broker(connection, channel, hub, dlx, topology, notice_channel, notices)
@@ -220,7 +226,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         await _subscribe(broker, consumer, settings)
         if settings.metrics_port is not None:
             metrics.serve(settings.metrics_port, settings.metrics_host)
-        probes = await _probes(settings, broker, ledger, guard, consumer, text.name)
+        probes = await _probes(settings, broker, ledger, guard, consumer, text.name,
+                               publisher)
 
         async def publish(event_type: str, data: BaseModel) -> None:
             await publisher.publish_event(new_event(event_type, data,
@@ -256,7 +263,8 @@ async def _subscribe(broker: Broker, consumer: Consumer, settings: Settings) -> 
 
 
 async def _probes(settings: Settings, broker: Broker, ledger: JobLedger, guard: Guard,
-                  consumer: Consumer, text_provider: str) -> Probes:
+                  consumer: Consumer, text_provider: str,
+                  publisher: Publisher) -> Probes:
     """What each heartbeat reads, over a channel of its own (a failed passive declare closes
     the channel it runs on, never the publishing one)."""
     probe_channel = await broker.connection.channel(publisher_confirms=False)
@@ -291,4 +299,5 @@ async def _probes(settings: Settings, broker: Broker, ledger: JobLedger, guard: 
         error_rate=lambda: consumer.stats.error_rate,
         p95_ms=lambda: consumer.stats.p95_ms,
         queue_depths=depths,
+        dead_letters_parked=lambda: publisher.dead_letters.raised,
     )

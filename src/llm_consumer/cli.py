@@ -17,11 +17,13 @@ import orjson
 import redis.asyncio as aioredis
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from llm_consumer.auth import mint_token
 from llm_consumer.bus import dlq
+from llm_consumer.bus.declare import TopologyConflict
 from llm_consumer.bus.topology import build_topology
 from llm_consumer.cli_cache import cache_app, usage
 from llm_consumer.client import NoConsumer, build_request, send_and_wait
@@ -64,7 +66,11 @@ def run() -> None:
     configure_logging(settings.log_level)
     from llm_consumer.app import run_service
 
-    _run(run_service(settings))
+    try:
+        _run(run_service(settings))
+    except TopologyConflict as error:  # a queue or exchange exists in another form
+        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -19,6 +19,8 @@ from llm_consumer.events.results import HeartbeatMetrics, ServiceHeartbeat
 
 log = structlog.get_logger(__name__)
 Status = Literal["ok", "degraded", "down", "disabled"]
+# `degraded`: the dead-letter queue is full and dead letters are parked in the longest delay queue
+DEAD_LETTER_COMPONENT = "dead-letter-queue"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,8 @@ class Probes:
     error_rate: Callable[[], float]
     p95_ms: Callable[[], float]
     queue_depths: Callable[[], Awaitable[dict[str, int]]]
+    # True while dead letters are parked because the dead-letter queue refuses them
+    dead_letters_parked: Callable[[], bool] = lambda: False
 
 
 def overall(components: dict[str, Status]) -> Literal["ok", "degraded", "down"]:
@@ -52,6 +56,7 @@ async def beat_once(probes: Probes) -> ServiceHeartbeat:
         "broker": "ok" if probes.broker_ok() else "down",
         "cache": cache if redis_ok else "degraded",
         **{f"provider:{name}": status for name, status in probes.providers.items()},
+        DEAD_LETTER_COMPONENT: "degraded" if probes.dead_letters_parked() else "ok",
     }
     with contextlib.suppress(Exception):
         for queue, depth in (await probes.queue_depths()).items():

@@ -23,6 +23,13 @@ LATENCY = Histogram("llm_request_duration_seconds", "Receive-to-settle time per 
 IN_FLIGHT = Gauge("llm_in_flight", "Deliveries being processed", registry=REGISTRY)
 QUEUE_DEPTH = Gauge("llm_queue_depth", "Messages waiting, by queue", ["queue"],
                     registry=REGISTRY)
+DEAD_LETTER_QUEUE_FULL = Gauge(
+    "llm_dead_letter_queue_full",
+    "1 while the dead-letter queue refuses dead letters and they are parked in the longest "
+    "delay queue (an alarm); 0 once it takes one again", registry=REGISTRY)
+DEAD_LETTERS_PARKED = Counter("llm_dead_letters_parked",
+                              "Dead letters parked because the dead-letter queue refused them",
+                              registry=REGISTRY)
 CACHE = Counter("llm_cache_lookups", "Response cache lookups, by result", ["result"],
                 registry=REGISTRY)
 RATE_LIMIT = Counter("llm_rate_limit_decisions", "Rate-limit decisions", ["decision"],

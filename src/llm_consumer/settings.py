@@ -61,6 +61,8 @@ class Settings(BaseSettings):
         300.0, gt=0, description="hard limit per request, far below RabbitMQ's consumer_timeout"
     )
     shutdown_grace_s: float = Field(20.0, ge=0)
+    dead_letter_max_length: int = Field(
+        100_000, ge=1, description="bound of the dead-letter queue; past it, dead letters park")
 
     # Redis
     redis_url: str = "redis://localhost:6379/0"

@@ -6,10 +6,18 @@ return and is kept in the unrouted queue instead, so a result never vanishes wit
 Notices (progress, job status, rate-limit notices, heartbeats) go out on a channel without
 confirms when the app gives one: nothing waits on them, and a lost notice is superseded by the
 next one or by the result. Notices nobody subscribed to are simply not delivered.
+
+Dead letters go to a bounded queue that refuses (nacks) what it has no room for, and one that
+the dead-letter exchange cannot route is returned. Either way the dead letter is parked: a copy
+waits in the longest delay queue with PARKED_HEADER, returns to the work queue and is
+dead-lettered again, unprocessed (see `parked_dead_letter`), until the queue takes it. Meanwhile
+an alarm is up (a gauge, a heartbeat component, an error log line); the first dead letter the
+queue takes again clears it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -21,9 +29,10 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     FieldValue,
 )
-from aiormq.exceptions import PublishError
+from aiormq.exceptions import DeliveryError, PublishError
 from pamqp.commands import Basic
 
+from llm_consumer import metrics
 from llm_consumer.bus.topology import Topology
 from llm_consumer.events.catalog import EVENTS
 from llm_consumer.events.envelope import CLOUDEVENTS_CONTENT_TYPE, Envelope, encode
@@ -36,7 +45,10 @@ ERROR_CODE_HEADER = "x-error-code"
 ERROR_MESSAGE_HEADER = "x-error-message"
 ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
 ORIGINAL_EXCHANGE_HEADER = "x-original-exchange"
+PARKED_HEADER = "x-dead-letter-parked"  # {code, message} of a dead letter the DLQ refused
 MAX_HEADER_TEXT = 1000
+MAX_ERROR_CODE = 64
+_ERROR_CODE = re.compile(r"[a-z][a-z0-9_]*")
 KEPT_WHEN_UNROUTED = frozenset(t for t, spec in EVENTS.items() if spec.direction == "result")
 
 
@@ -80,6 +92,7 @@ class Publisher:
                  dead_letter_exchange: AbstractExchange, *,
                  notices: tuple[AbstractChannel, AbstractExchange] | None = None) -> None:
         self._channel = channel
+        self.dead_letters = DeadLetterAlarm()
         self._hub = hub
         self._notices = notices
         self._dlx = dead_letter_exchange
@@ -131,14 +144,36 @@ class Publisher:
 
     async def dead_letter(self, incoming: AbstractIncomingMessage, *, code: str,
                           reason: str) -> None:
-        headers = {
+        """Into the dead-letter queue, confirmed; when the queue refuses it, parked instead
+        (confirmed too), so the caller may ack the original either way."""
+        reason = reason[:MAX_HEADER_TEXT]
+        routing_key, exchange = _original_route(incoming)
+        headers: dict[str, FieldValue] = {
             ERROR_CODE_HEADER: code,
-            ERROR_MESSAGE_HEADER: reason[:MAX_HEADER_TEXT],
-            ORIGINAL_ROUTING_KEY_HEADER: incoming.routing_key or "",
-            ORIGINAL_EXCHANGE_HEADER: incoming.exchange or "",
+            ERROR_MESSAGE_HEADER: reason,
+            ORIGINAL_ROUTING_KEY_HEADER: routing_key,
+            ORIGINAL_EXCHANGE_HEADER: exchange,
         }
-        await self._dlx.publish(copy_of(incoming, headers),
-                                routing_key=incoming.routing_key or "unknown")
+        letter = copy_of(incoming, headers)
+        if letter.headers is not None:  # a parked copy's mark ends here (and never replays)
+            letter.headers.pop(PARKED_HEADER, None)
+        try:
+            await self._dlx.publish(letter, routing_key=routing_key or "unknown")
+        except DeliveryError as refused:  # a nack (queue full) or a return (nothing bound)
+            await self._park(incoming, headers, code=code, reason=reason,
+                             why=_refusal(refused))
+            return
+        self.dead_letters.accepted()
+
+    async def _park(self, incoming: AbstractIncomingMessage, headers: dict[str, FieldValue],
+                    *, code: str, reason: str, why: str) -> None:
+        step, queue = self._topology.delays[-1]
+        parked = copy_of(incoming, {**headers,
+                                    PARKED_HEADER: {"code": code, "message": reason}})
+        await self._default().publish(parked, routing_key=queue.name)
+        self.dead_letters.parked()
+        log.error("dead_letter.parked", code=code, why=why, parked_in=queue.name,
+                  back_in_s=step, parked_since_alarm=self.dead_letters.parked_count)
 
     def _default(self) -> AbstractExchange:
         return self._channel.default_exchange
@@ -146,3 +181,66 @@ class Publisher:
 
 def _is_return(error: PublishError) -> bool:
     return isinstance(error.frame, Basic.Return)
+
+
+def _refusal(error: DeliveryError) -> str:
+    if isinstance(error.frame, Basic.Return):
+        return f"unroutable: {error.frame.reply_text}"
+    return "refused: the dead-letter queue is full"
+
+
+def _original_route(incoming: AbstractIncomingMessage) -> tuple[str, str]:
+    """Where the message first came from. A parked copy comes back from a delay queue under
+    the work queue's name, so the route recorded when it was parked is kept."""
+    headers = incoming.headers or {}
+    if parked_dead_letter(headers) is not None:
+        key, exchange = headers.get(ORIGINAL_ROUTING_KEY_HEADER), headers.get(
+            ORIGINAL_EXCHANGE_HEADER)
+        if isinstance(key, str) and isinstance(exchange, str):
+            return key, exchange
+    return incoming.routing_key or "", incoming.exchange or ""
+
+
+def parked_dead_letter(headers: Mapping[str, object] | None) -> tuple[str, str] | None:
+    """(code, message) when this message is a parked dead letter, to be dead-lettered again
+    without being processed; None for anything else, a malformed mark included.
+
+    A caller can forge the header too. That only gets its own message dead-lettered unprocessed
+    under a code of its choosing, which it could have had by sending garbage: harmless."""
+    mark = (headers or {}).get(PARKED_HEADER)
+    if not isinstance(mark, Mapping):
+        return None
+    code, message = _text(mark.get("code")), _text(mark.get("message"))
+    if code is None or not _ERROR_CODE.fullmatch(code) or len(code) > MAX_ERROR_CODE:
+        return None
+    return code, (message or "")[:MAX_HEADER_TEXT]
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else None
+
+
+class DeadLetterAlarm:
+    """Up while dead letters are being parked because the dead-letter queue refuses them;
+    down again once it takes one. Read by heartbeats and exported as a gauge."""
+
+    def __init__(self) -> None:
+        self.parked_count = 0  # parked since the alarm went up
+        metrics.DEAD_LETTER_QUEUE_FULL.set(0)
+
+    @property
+    def raised(self) -> bool:
+        return self.parked_count > 0
+
+    def parked(self) -> None:
+        self.parked_count += 1
+        metrics.DEAD_LETTERS_PARKED.inc()
+        metrics.DEAD_LETTER_QUEUE_FULL.set(1)
+
+    def accepted(self) -> None:
+        if self.raised:
+            log.warning("dead_letter.queue_accepts_again", parked=self.parked_count)
+        self.parked_count = 0
+        metrics.DEAD_LETTER_QUEUE_FULL.set(0)

@@ -4,6 +4,9 @@ Retries go through a few fixed-TTL delay queues (RabbitMQ expires messages only 
 head, so mixed per-message TTLs in one queue would block each other). Expired copies are
 dead-lettered straight back to the work queue through the default exchange, not to the hub:
 other services bound to `content.requested` must not see our retries as new requests.
+
+The dead-letter queue is bounded with `reject-publish`: when it is full the broker refuses a dead
+letter (a nack) instead of dropping the oldest one, and the publisher parks it (bus/publisher.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from llm_consumer.events.catalog import CONTROL_TYPES, REQUEST_TYPES
 MAX_PRIORITY = 9
 DELAY_STEPS_S: tuple[int, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
 UNROUTED_MAX_LENGTH = 100_000
+DEAD_LETTER_MAX_LENGTH = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,9 @@ class QueueSpec:
     arguments: dict[str, object] = field(default_factory=dict)
     bindings: tuple[tuple[str, str], ...] = ()  # (exchange, routing key)
     purpose: str = ""
+    # Arguments of earlier versions of this queue that the service still works with: a queue
+    # found with one of them is adopted (with a warning) instead of stopping start-up.
+    adoptable: tuple[dict[str, object], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +61,8 @@ class Topology:
         )
 
 
-def build_topology(prefix: str, hub_exchange: str) -> Topology:
+def build_topology(prefix: str, hub_exchange: str, *,
+                   dead_letter_max_length: int = DEAD_LETTER_MAX_LENGTH) -> Topology:
     dlx = f"{prefix}dlx"
     work_name = f"{prefix}requests"
     delays = tuple(
@@ -83,8 +91,12 @@ def build_topology(prefix: str, hub_exchange: str) -> Topology:
         ),
         dead=QueueSpec(
             name=f"{prefix}dead",
+            arguments={"x-max-length": dead_letter_max_length, "x-overflow": "reject-publish"},
             bindings=((dlx, "#"),),
-            purpose="dead letters, with x-error-code and x-error-message headers",
+            purpose="dead letters, with x-error-code and x-error-message headers; "
+                    "when full, dead letters are parked in the longest delay queue",
+            # Earlier versions declared it without a bound: such a queue keeps working, unbounded.
+            adoptable=({},),
         ),
         unrouted=QueueSpec(
             name=f"{prefix}unrouted",
