@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from llm_consumer.auth import mint_token
 from llm_consumer.bus import dlq
@@ -351,6 +352,7 @@ CodeOpt = Annotated[str | None, typer.Option("--code", help="only this x-error-c
 TypeOpt = Annotated[str | None, typer.Option("--type", help="only this event type")]
 IdOpt = Annotated[str | None, typer.Option("--request-id", help="only this request id")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="at most this many")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON (secrets redacted)")]
 
 
 def _ops_settings() -> Settings:
@@ -368,40 +370,46 @@ def _queue_name(settings: Settings, which: str) -> str:
 
 @dlq_app.command("list")
 def dlq_list(queue: QueueOpt = "dead", code: CodeOpt = None, event_type: TypeOpt = None,
-             request_id: IdOpt = None, limit: LimitOpt = None) -> None:
+             request_id: IdOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """Show dead letters in a table (they stay in the queue)."""
     settings = _ops_settings()
     _run(_dlq_list(settings, _queue_name(settings, queue),
-                   dlq.Filter(code, event_type, request_id), limit))
+                   dlq.Filter(code, event_type, request_id), limit, as_json))
 
 
-async def _dlq_list(settings: Settings, queue: str, where: dlq.Filter, limit: int | None) -> None:
+async def _dlq_list(settings: Settings, queue: str, where: dlq.Filter, limit: int | None,
+                    as_json: bool) -> None:
     async with await aio_pika.connect(str(settings.message_hub_url)) as connection:
         channel = await connection.channel()
         async with dlq.held_letters(channel, queue) as letters:
             shown = [x for x in letters if where.matches(x)][:limit]
+            if as_json:
+                _print_json({"queue": queue, "total": len(letters),
+                             "letters": [dlq.summary(x) for x in shown]})
+                return
             table = Table(title=f"{queue}: {len(letters)} message(s), {len(shown)} shown")
             for column in ("#", "request id", "type", "kind", "code", "reason", "time"):
                 table.add_column(column, overflow="fold")
-            for x in shown:
-                table.add_row(str(x.position), x.request_id or x.message.message_id or "-",
-                              x.routing_key, x.kind or "-", x.error_code, x.error_message[:80],
-                              x.timestamp.isoformat(timespec="seconds") if x.timestamp else "-")
+            for x in shown:  # Text cells: what callers chose is never read as markup
+                table.add_row(*(Text(cell) for cell in (
+                    str(x.position), x.request_id or x.message.message_id or "-",
+                    x.routing_key, x.kind or "-", x.error_code, x.error_message[:80],
+                    x.timestamp.isoformat(timespec="seconds") if x.timestamp else "-")))
             console.print(table)
 
 
 @dlq_app.command("show")
 def dlq_show(request_id: Annotated[str, typer.Argument(help="request id or message id")],
-             queue: QueueOpt = "dead") -> None:
-    """Print one dead letter: headers and body."""
+             queue: QueueOpt = "dead", as_json: JsonOpt = False) -> None:
+    """Print one dead letter: headers (secrets redacted) and body."""
     settings = _ops_settings()
-    found = _run(_dlq_show(settings, _queue_name(settings, queue), request_id))
+    found = _run(_dlq_show(settings, _queue_name(settings, queue), request_id, as_json))
     if not found:
-        err.print(f"no message {request_id!r} in {queue}")
+        err.print(Text(f"no message {request_id!r} in {queue}"))
         raise typer.Exit(1)
 
 
-async def _dlq_show(settings: Settings, queue: str, request_id: str) -> bool:
+async def _dlq_show(settings: Settings, queue: str, request_id: str, as_json: bool) -> bool:
     async with await aio_pika.connect(str(settings.message_hub_url)) as connection:
         channel = await connection.channel()
         async with dlq.held_letters(channel, queue) as letters:
@@ -409,13 +417,29 @@ async def _dlq_show(settings: Settings, queue: str, request_id: str) -> bool:
                          None)
             if match is None:
                 return False
-            console.print(Panel(json.dumps(match.headers, indent=2, default=str),
-                                title="headers"))
             try:
-                console.print_json(data=orjson.loads(match.message.body))
+                body: Any = orjson.loads(match.message.body)
             except orjson.JSONDecodeError:
-                console.print(repr(match.message.body[:2000]))
+                body = None
+            if as_json:
+                _print_json({**dlq.summary(match), "body": body,
+                             "raw_body": None if body is not None else repr(
+                                 match.message.body[:2000])})
+                return True
+            console.print(Panel(Text(json.dumps(match.shown_headers, indent=2, default=str,
+                                                ensure_ascii=False)),
+                                title="headers (secrets redacted)"))
+            if body is not None:
+                console.print_json(data=body)
+            else:
+                console.print(Text(repr(match.message.body[:2000])))
             return True
+
+
+def _print_json(value: object) -> None:
+    """Machine-readable output: plain JSON on stdout, no wrapping, no markup."""
+    sys.stdout.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2).decode())
+    sys.stdout.write("\n")
 
 
 @dlq_app.command("replay")

@@ -112,3 +112,61 @@ async def test_unrouted_results_are_kept_and_replayable(openai_service: Any) -> 
         assert "replayed 1" in replay.stdout, replay.stdout + replay.stderr
         [event] = await hub.wait_for(catalog.CONTENT_GENERATED, request["id"])
     assert event["data"]["kind"] == "world.location"
+
+
+async def test_shown_dead_letters_have_their_secrets_redacted_and_replay_keeps_them(
+        openai_service: Any, fake_openai: Any) -> None:
+    """list, show and their JSON never print the bearer token or another secret header; the
+    replayed copy still carries the token, so the request then succeeds."""
+    import orjson
+
+    from tests.hub import publish_raw
+
+    service: Service = await openai_service(max_attempts=1)
+    settings = service.settings
+    fake_openai.script(server_error(500))
+    secret_token, api_key = token(subject="alice"), "sk-live-0123456789abcdef"
+    request = build_request("world.location", BACKSTORY)
+    odd = {**build_request("world.location", BACKSTORY), "id": "[bold]x[/bold][/]",
+           "data": {"kind": "character.hairstyle"}}  # refused: dead-lettered at once
+    dead = build_topology(settings.queue_prefix, settings.hub_exchange).dead.name
+    async with tap(settings, catalog.GENERATION_FAILED) as hub:
+        await publish_raw(settings, orjson.dumps(request), routing_key="content.requested",
+                          headers={"Authorization": f"Bearer {secret_token}",
+                                   "X-Api-Key": api_key})
+        await hub.wait_for(catalog.GENERATION_FAILED, request["id"])
+    await publish_raw(settings, orjson.dumps(odd), routing_key="content.requested",
+                      headers={"authorization": f"Bearer {secret_token}"})
+    for _ in range(200):
+        if await queue_depth(settings, dead) == 2:
+            break
+        await asyncio.sleep(0.05)
+    shown = f"Bearer <redacted sub=alice …{secret_token[-4:]}>"
+
+    listing = await cli(settings, "dlq", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert request["id"] in listing.stdout and "[bold]x[/bold][/]" in listing.stdout, (
+        listing.stdout)
+    as_json = await cli(settings, "dlq", "list", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    letters = {x["request_id"]: x for x in orjson.loads(as_json.stdout)["letters"]}
+    assert letters[request["id"]]["headers"]["Authorization"] == shown
+    assert letters[request["id"]]["headers"]["X-Api-Key"] == "<redacted>"
+    assert letters[odd["id"]]["headers"]["authorization"] == shown
+    assert letters[request["id"]]["code"] == "provider_unavailable"
+
+    text = await cli(settings, "dlq", "show", request["id"])
+    detail = await cli(settings, "dlq", "show", request["id"], "--json")
+    assert text.returncode == 0 and detail.returncode == 0, text.stderr + detail.stderr
+    assert shown in text.stdout and "<redacted>" in text.stdout
+    assert orjson.loads(detail.stdout)["body"]["id"] == request["id"]
+    assert orjson.loads(detail.stdout)["headers"]["Authorization"] == shown
+    for output in (listing, as_json, text, detail):
+        assert secret_token.split(".")[2] not in output.stdout + output.stderr
+        assert api_key not in output.stdout + output.stderr
+
+    async with tap(settings, catalog.CONTENT_GENERATED) as results:
+        replay = await cli(settings, "dlq", "replay", "--request-id", request["id"])
+        assert "replayed 1 of 2" in replay.stdout, replay.stdout + replay.stderr
+        [done] = await results.wait_for(catalog.CONTENT_GENERATED, request["id"])
+    assert done["data"]["kind"] == "world.location", "the token survived the replay"

@@ -2,7 +2,8 @@
 
 Messages are read with basic.get and held unacked while we look; whatever is not replayed is
 handed back with a requeue. A replayed copy is confirmed by the broker before its dead letter is
-acked, so a crash in between leaves a duplicate at worst, never a loss.
+acked, so a crash in between leaves a duplicate at worst, never a loss. What is shown has its
+secrets redacted (bus/redaction.py); what is replayed keeps the original headers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, FieldValue
@@ -22,15 +24,18 @@ from llm_consumer.bus.publisher import (
     ERROR_MESSAGE_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
+    PARKED_HEADER,
     copy_of,
 )
+from llm_consumer.bus.redaction import redact_headers
 from llm_consumer.bus.topology import Topology
 from llm_consumer.events.parsing import peek
 
 DIAGNOSTIC_HEADERS = (ATTEMPT_HEADER, DEFERRED_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER,
                       ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, "x-death",
                       "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-                      "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
+                      "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+                      PARKED_HEADER)
 PEEK_LIMIT_BYTES = 10 * 1024 * 1024
 
 
@@ -42,6 +47,11 @@ class DeadLetter:
     @property
     def headers(self) -> dict[str, FieldValue]:
         return dict(self.message.headers or {})
+
+    @property
+    def shown_headers(self) -> dict[str, object]:
+        """The headers with secrets redacted: what any output of a dead letter shows."""
+        return redact_headers(self.headers)
 
     @property
     def routing_key(self) -> str:
@@ -69,6 +79,21 @@ class DeadLetter:
     @property
     def timestamp(self) -> datetime | None:
         return self.message.timestamp
+
+
+def summary(letter: DeadLetter) -> dict[str, Any]:
+    """One dead letter as `dlq list --json` prints it (headers redacted)."""
+    return {
+        "position": letter.position,
+        "request_id": letter.request_id,
+        "message_id": letter.message.message_id,
+        "type": letter.routing_key,
+        "kind": letter.kind,
+        "code": letter.error_code,
+        "reason": letter.error_message,
+        "time": letter.timestamp.isoformat(timespec="seconds") if letter.timestamp else None,
+        "headers": letter.shown_headers,
+    }
 
 
 @dataclass(frozen=True, slots=True)
