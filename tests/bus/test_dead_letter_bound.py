@@ -108,6 +108,24 @@ async def test_a_full_dead_letter_queue_parks_dead_letters_and_raises_an_alarm(
     assert await queue_depth(settings, longest.name) == 1, "the other one is still parked"
 
 
+async def test_a_dead_letter_the_exchange_cannot_route_is_parked_too(
+        start_service: Callable[..., Any]) -> None:
+    """An operator deleted the dead-letter queue: the dead letter is returned, and parked."""
+    service: Service = await start_service()
+    settings = service.settings
+    topology = build_topology(settings.queue_prefix, settings.hub_exchange)
+    _, longest = topology.delays[-1]
+    async with await aio_pika.connect(HUB_URL) as connection:
+        channel = await connection.channel()
+        await channel.queue_delete(topology.dead.name)
+        await publish_raw(settings, b"[1, 2]", routing_key="content.requested", headers=AUTH)
+        assert await depths(settings, longest.name, expect=(1,)) == (1,)
+        copy = await (await channel.get_queue(longest.name)).get(no_ack=True)
+    code, reason = parked_dead_letter(copy.headers) or ("", "")
+    assert code == "invalid_request" and "JSON object" in reason
+    assert copy.body == b"[1, 2]"
+
+
 async def test_a_forged_parked_mark_only_dead_letters_the_forgers_own_message(
         openai_service: Callable[..., Any], fake_openai: Any) -> None:
     service: Service = await openai_service()

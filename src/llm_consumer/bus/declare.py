@@ -24,7 +24,11 @@ from typing import Literal
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
+from aiormq.exceptions import (
+    ChannelAccessRefused,
+    ChannelLockedResource,
+    ChannelPreconditionFailed,
+)
 
 from llm_consumer.bus.topology import QueueSpec, Topology
 
@@ -129,7 +133,7 @@ async def _differences(channels: _ScratchChannels, wanted: Declaration) -> list[
             name, value = found
             differences.append(Difference(name, value, wanted.value(name)))
             trying = trying.with_value(name, value)
-        except ChannelAccessRefused as error:
+        except (ChannelAccessRefused, ChannelLockedResource) as error:
             raise TopologyConflict(f"{wanted.kind} '{wanted.name}' cannot be declared: "
                                    f"{_reply_text(error)}") from None
     raise TopologyConflict(f"{wanted.kind} '{wanted.name}' already exists with other arguments "
