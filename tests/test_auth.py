@@ -63,3 +63,30 @@ def test_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         verifier.verify(token)
     assert len(verifier._verified) == 8
     assert tokens[-1] in verifier._verified and tokens[0] not in verifier._verified
+
+
+@pytest.mark.parametrize("names", [("authorization", "Authorization"),
+                                   ("Authorization", "authorization"),
+                                   ("AUTHORIZATION", "authorization")])
+def test_exactly_one_authorization_header_whatever_its_case(names: tuple[str, str]) -> None:
+    verifier = TokenVerifier(SECRET)
+    good = mint_token(SECRET, subject="alice", permissions=["llm:content"])
+    other = mint_token(SECRET, subject="mallory", permissions=["llm:admin"])
+    headers = {names[0]: f"Bearer {good}", names[1]: f"Bearer {other}"}
+    with pytest.raises(Unauthorized, match="more than one authorization header"):
+        verifier.verify_header(headers)
+    assert verifier.verify_header({names[1]: f"Bearer {good}"}).subject == "alice"
+
+
+def test_a_token_may_not_live_longer_than_the_maximum() -> None:
+    verifier = TokenVerifier(SECRET, max_lifetime_s=3600)
+    now = int(time.time())
+    year_9999 = jwt.encode({"sub": "svc", "iat": now, "exp": 253402300799}, SECRET,
+                           algorithm="HS256")
+    with pytest.raises(Unauthorized, match="lifetime"):
+        verifier.verify(year_9999)
+    no_iat = jwt.encode({"sub": "svc", "exp": now + 7200}, SECRET, algorithm="HS256")
+    with pytest.raises(Unauthorized, match="lifetime"):
+        verifier.verify(no_iat)
+    hour = mint_token(SECRET, subject="svc", permissions=["llm:content"], ttl_s=3600)
+    assert verifier.verify(hour).subject == "svc"

@@ -3,6 +3,11 @@
 HS256 only (pinned: a token naming any other algorithm, `none` included, is refused), `exp`
 required, `nbf`/`iat` honoured with a small leeway, `aud`/`iss` checked when configured.
 
+A message carries exactly one `authorization` header (names compare without case: two that
+differ only in case are refused, whatever their order). A token may live at most
+`max_lifetime_s` (its `exp` minus its `iat`, or minus now when it has no `iat`), so a token
+minted to last for years is refused.
+
 Peers send the same service token with many requests: a token that verified is remembered
 (the last VERIFIED_TOKENS of them) with its expiry, so it is not decoded and signed again for
 every message; its expiry is still checked each time.
@@ -39,13 +44,19 @@ class TokenVerifier:
     audience: str | None = None
     issuer: str | None = None
     leeway_s: int = 30
+    max_lifetime_s: int = 86_400
     _verified: dict[str, tuple[Principal, float]] = field(default_factory=dict, repr=False)
 
     def verify_header(self, headers: Mapping[str, object]) -> Principal:
         """Check the `authorization: Bearer <JWT>` header; raise Unauthorized when it fails."""
-        raw = _header(headers, "authorization")
-        if raw is None:
+        found = [value for key, value in headers.items() if key.lower() == "authorization"]
+        if not found:
             raise Unauthorized("missing authorization header")
+        if len(found) > 1:
+            raise Unauthorized("more than one authorization header")
+        raw = _text(found[0])
+        if raw is None:
+            raise Unauthorized("authorization header is not text")
         if not raw.lower().startswith(BEARER):
             raise Unauthorized("authorization header is not a Bearer token")
         token = raw[len(BEARER):].strip()
@@ -86,12 +97,20 @@ class TokenVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise Unauthorized("token subject must be a non-empty string")
-        return Principal(subject=subject, permissions=_permissions(claims)), float(claims["exp"])
+        expires_at = float(claims["exp"])
+        issued = claims.get("iat")
+        start = float(issued) if isinstance(issued, int | float) else time.time()
+        if expires_at - start > self.max_lifetime_s + self.leeway_s:
+            raise Unauthorized(f"token lifetime is over the {self.max_lifetime_s}s maximum "
+                               "(MAX_TOKEN_LIFETIME_S)")
+        return Principal(subject=subject, permissions=_permissions(claims)), expires_at
 
 
-def require(principal: Principal, permission: str) -> None:
-    if not principal.allows(permission):
-        raise Forbidden(f"token of {principal.subject!r} lacks permission {permission}")
+def require(principal: Principal, permission: str | tuple[str, ...]) -> None:
+    """`permission`, or any one of several."""
+    wanted = (permission,) if isinstance(permission, str) else permission
+    if not any(principal.allows(p) for p in wanted):
+        raise Forbidden(f"token of {principal.subject!r} lacks permission {' or '.join(wanted)}")
 
 
 def mint_token(
@@ -119,13 +138,10 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def _header(headers: Mapping[str, object], name: str) -> str | None:
-    for key, value in headers.items():
-        if key.lower() == name:
-            if isinstance(value, bytes):
-                return value.decode("utf-8", errors="replace")
-            return value if isinstance(value, str) else None
-    return None
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else None
 
 
 def _permissions(claims: Mapping[str, object]) -> frozenset[str]:

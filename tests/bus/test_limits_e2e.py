@@ -86,7 +86,8 @@ async def waiting(service: Service, kind: str, data: dict[str, Any], *,
 
 
 async def test_warning_at_80_percent_then_exceeded(openai_service: Any) -> None:
-    service: Service = await openai_service(rate_limit_theme="5/60s", rate_limit_inline_wait_s=0)
+    service: Service = await openai_service(rate_limit_theme="5/60s", rate_limit_inline_wait_s=0,
+                                            rate_limit_user_share=1)
     text = {"context": {"text": "The knight rode into town."}}
     async with tap(service.settings, "rate_limit.*") as hub:
         for preset in ("dark-fantasy", "gothic-horror", "high-fantasy"):
@@ -121,7 +122,7 @@ async def test_per_user_limit_follows_sub_or_admitted_user_id(openai_service: An
 async def test_three_replicas_hold_the_model_limit_at_the_provider(openai_service: Any,
                                                                    fake_openai: Any) -> None:
     """Every call reaching the provider, repairs included, counted over every 4 s window."""
-    services = await replicas(openai_service, 3, rate_limit_text="off",
+    services = await replicas(openai_service, 3, rate_limit_text="off", rate_limit_user_share=1,
                               rate_limit_models={"gpt-5-nano": "4/4s"})
     fake_openai.script(*[reply('{"not": "a backstory"}') for _ in range(3)])
     exchanges = await asyncio.gather(*(services[i % 3].request(

@@ -125,20 +125,29 @@ async def test_unauthorized_requests_are_failed_and_dead_lettered(
 async def test_wrong_scope_is_forbidden(start_service: Any) -> None:
     service = await start_service()
     request = envelope()
-    async with tap(service.settings, binding=None) as replies:
+    async with tap(service.settings, binding=None) as replies, \
+            tap(service.settings, "generation.failed") as hub:
         await send(service, request, auth=token("llm:image"), reply_to=replies.queue_name)
-        [failed] = await replies.wait_for("generation.failed", request["id"])
+        [failed] = await hub.wait_for("generation.failed", request["id"])
+    assert replies.events == [], "a caller without the permission gets no reply_to delivery"
     assert failed["data"]["error"]["code"] == "forbidden"
     assert "llm:content" in failed["data"]["error"]["message"]
     [letter] = await dead_letters(service.settings, expect=1)
     assert letter.headers["x-error-code"] == "forbidden"
 
 
-async def test_control_events_need_admin(start_service: Any) -> None:
+async def test_control_events_need_their_permission(start_service: Any) -> None:
     service = await start_service()
+    invalidate = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/ops",
+                  "type": "cache.invalidate", "data": {}}
     cancel = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/ops",
               "type": "job.cancel", "data": {"request_id": "r-1"}}
     async with tap(service.settings, "generation.failed") as hub:
-        await send(service, cancel, auth=token("llm:content"), routing_key="job.cancel")
-        [failed] = await hub.wait_for("generation.failed", cancel["id"])
-    assert failed["data"]["error"]["code"] == "forbidden"
+        await send(service, invalidate, auth=token("llm:content"),
+                   routing_key="cache.invalidate")
+        await send(service, cancel, auth=token("llm:other"), routing_key="job.cancel")
+        [refused_invalidate] = await hub.wait_for("generation.failed", invalidate["id"])
+        [refused_cancel] = await hub.wait_for("generation.failed", cancel["id"])
+    assert refused_invalidate["data"]["error"]["code"] == "forbidden"
+    assert "llm:admin" in refused_invalidate["data"]["error"]["message"]
+    assert refused_cancel["data"]["error"]["code"] == "forbidden"

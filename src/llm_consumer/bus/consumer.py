@@ -21,10 +21,12 @@ from pydantic import BaseModel
 
 from llm_consumer import metrics
 from llm_consumer.auth import Principal, TokenVerifier, require
-from llm_consumer.bus.publisher import ATTEMPT_HEADER, DEFERRED_HEADER, Publisher
+from llm_consumer.bus.publisher import Publisher, parked_dead_letter
 from llm_consumer.bus.retry import deferral_delay, retry_delay
+from llm_consumer.bus.retry_state import FIRST, RetrySigner, RetryState
 from llm_consumer.errors import (
     Deferred,
+    Forbidden,
     InvalidRequest,
     PermanentFailure,
     RejectedMessage,
@@ -41,13 +43,16 @@ from llm_consumer.events.requests import (
     JobCancel,
 )
 from llm_consumer.events.results import ErrorInfo, GenerationFailed, JobState, JobStatus
-from llm_consumer.handlers.base import Deps, Reply, Request
+from llm_consumer.handlers.base import CallBudget, Deps, Reply, Request
 from llm_consumer.handlers.pipeline import guarded
 from llm_consumer.handlers.routes import route
+from llm_consumer.identity import RequestOwner
+from llm_consumer.policy import ModelPolicy, ReplyPolicy
 from llm_consumer.store.jobs import AlreadyClaimed, Claim, JobLedger
 
 log = structlog.get_logger("llm_consumer.consumer")
 
+ADMIN = "llm:admin"
 BUSY_RETRY_S = 5.0
 UNSETTLED_BACKOFF_S = 1.0
 LATENCY_WINDOW = 1000
@@ -62,6 +67,16 @@ class ConsumerConfig:
     shutdown_grace_s: float
     work_queue: str  # retry and replay copies arrive through the default exchange under this key
     max_defer_s: float = 600.0  # total rate-limit wait in delay queues before `rate_limited`
+    max_provider_calls: int = 16  # per message, across its attempts
+
+
+@dataclass(frozen=True, slots=True)
+class CallerRules:
+    """What callers may name, and how the service's own retry copies are recognised."""
+
+    signer: RetrySigner
+    replies: ReplyPolicy
+    models: ModelPolicy
 
 
 class Stats:
@@ -97,9 +112,11 @@ class Consumer:
         publisher: Publisher,
         ledger: JobLedger,
         verifier: TokenVerifier,
+        rules: CallerRules,
         deps: Deps,
     ) -> None:
         self._config = config
+        self._rules = rules
         self._publisher = publisher
         self._ledger = ledger
         self._verifier = verifier
@@ -173,28 +190,45 @@ class Consumer:
         cfg = self._config
         structlog.contextvars.bind_contextvars(
             delivery_id=message.message_id, routing_key=message.routing_key)
+        parked = parked_dead_letter(message.headers)
+        if parked is not None:  # refused by a full dead-letter queue earlier: try it again
+            code, reason = parked
+            await self._publisher.dead_letter(message, code=code, reason=reason)
+            await message.ack()
+            return "dead_letter"
+        reply_to: str | None = None  # only once the token and the reply queue are checked
         try:
             principal = self._verifier.verify_header(message.headers or {})
+            checked_reply_to = self._rules.replies.check(message.reply_to)
+            reply_to = checked_reply_to
             routing_key = message.routing_key or ""
             parsed = parse(message.body, "" if routing_key == cfg.work_queue else routing_key,
                            max_bytes=cfg.max_message_bytes)
             assert parsed.spec.permission is not None
+            reply_to = None  # a caller without the permission hears nothing there
             require(principal, parsed.spec.permission)
+            reply_to = checked_reply_to
+            if isinstance(parsed.data, ContentRequested | ImageRequested):
+                self._rules.models.check(parsed.data)
         except RejectedMessage as error:
-            await self._reject(message, error, trusted=not _is_auth_error(error))
+            await self._reject(message, error, reply_to=reply_to)
             return error.code
         env = parsed.envelope
         structlog.contextvars.bind_contextvars(
             request_id=env.id, correlation_id=env.correlation, type=env.type,
             kind=getattr(parsed.data, "kind", None))
         if parsed.spec.direction == "control":
-            await self._control(parsed, principal)
+            try:
+                await self._control(parsed, principal)
+            except RejectedMessage as error:
+                await self._reject(message, error, reply_to=reply_to)
+                return error.code
             await message.ack()
             return "control"
-        return await self._request(message, parsed, principal)
+        return await self._request(message, parsed, principal, reply_to)
 
     async def _reject(self, message: AbstractIncomingMessage, error: RejectedMessage, *,
-                      trusted: bool) -> None:
+                      reply_to: str | None) -> None:
         """Dead-letter with the reason; tell the sender when its request id can be read."""
         seen = peek(message.body, self._config.max_message_bytes)
         structlog.contextvars.bind_contextvars(request_id=seen.request_id)
@@ -205,10 +239,10 @@ class Consumer:
                 request_type=seen.request_type or message.routing_key or "unknown",
                 kind=seen.kind,
                 error=ErrorInfo(code=error.code, message=error.message, retryable=False),
-                attempts=_attempt(message) + 1,
+                attempts=self._retry_state(message).attempt + 1,
             )
-            # reply_to of a message whose token failed is not trusted: only the hub hears it.
-            reply_to = message.reply_to if trusted else None
+            # reply_to of a message whose token or permission failed, or that names a queue
+            # the caller cannot own, is not trusted (None): only the hub hears it.
             await self._publish(catalog.GENERATION_FAILED, failed, cause=None,
                                 reply_to=reply_to, subject_id=seen.request_id)
         await self._publisher.dead_letter(message, code=error.code, reason=error.message)
@@ -216,24 +250,34 @@ class Consumer:
 
     # -- requests ---------------------------------------------------------------------------
 
+    def _retry_state(self, message: AbstractIncomingMessage) -> RetryState:
+        """What earlier attempts left, as the service signed it on its own retry copies."""
+        if message.routing_key != self._config.work_queue:
+            return FIRST  # from the hub: a caller's message, never one of our copies
+        return self._rules.signer.read(message.message_id, message.headers)
+
     async def _request(self, message: AbstractIncomingMessage, parsed: Parsed,
-                       principal: Principal) -> str:
+                       principal: Principal, reply_to: str | None) -> str:
         env = parsed.envelope
         data = parsed.data
         assert isinstance(data, ContentRequested | ImageRequested)
-        attempt = _attempt(message)
-        if env.id in self._running:  # a redelivery while the first copy still runs here
-            return await self._answer_from_ledger(message, env, data, attempt, Claim("busy"))
+        state = self._retry_state(message)
+        attempt = state.attempt
+        calls = CallBudget(self._config.max_provider_calls, state.provider_calls)
+        settle = _Settling(message, reply_to, state, calls)
+        key = RequestOwner(principal.subject, env.source).key(env.id)
+        if key in self._running:  # a redelivery while the first copy still runs here
+            return await self._answer_from_ledger(settle, env, data, key, Claim("busy"))
         # With the pipeline in front of the handler, the ledger claim rides on the request's
         # admission (one Redis round trip); without it, it is made here.
         claims_in_job = self._deps.guard is not None
         if not claims_in_job:
-            claim = await self._ledger.claim(env.id)
+            claim = await self._ledger.claim(key)
             if claim.verdict != "claimed":
-                return await self._answer_from_ledger(message, env, data, attempt, claim)
+                return await self._answer_from_ledger(settle, env, data, key, claim)
 
         async def running() -> None:
-            await self._status(env, "running", attempt, message.reply_to)
+            await self._status(env, "running", attempt, reply_to)
 
         # The final events, once the pipeline recorded them with its finish.lua call. When that
         # call failed, Redis is in its cool-down and a ledger.finish of our own would be skipped
@@ -246,33 +290,32 @@ class Consumer:
             return [_encode(e) for e in sealed]
 
         request = Request(envelope=env, data=data, principal=principal, attempt=attempt,
-                          emit=lambda t, d: self._publish(t, d, cause=env,
-                                                          reply_to=message.reply_to),
-                          claims_job=claims_in_job, on_running=running,
+                          emit=lambda t, d: self._publish(t, d, cause=env, reply_to=reply_to),
+                          calls=calls, claims_job=claims_in_job, on_running=running,
                           seal=seal if claims_in_job else None)
         if not claims_in_job:
             await running()
-        outcome = await self._run_job(request)
+        outcome = await self._run_job(request, key)
         if isinstance(outcome, Claim):
-            return await self._answer_from_ledger(message, env, data, attempt, outcome)
+            return await self._answer_from_ledger(settle, env, data, key, outcome)
         if isinstance(outcome, ServiceError):
-            return await self._fail(message, env, data, outcome, attempt)
+            return await self._fail(settle, env, data, key, outcome)
         events = sealed or [new_event(r.type, r.data, source=self._config.source, cause=env)
                             for r in outcome]
         if not sealed:
-            await self._ledger.finish(env.id, [_encode(e) for e in events])
-        await self._status(env, "completed", attempt, message.reply_to)
+            await self._ledger.finish(key, [_encode(e) for e in events])
+        await self._status(env, "completed", attempt, reply_to)
         for event in events:
-            await self._publisher.publish_event(event, reply_to=message.reply_to)
+            await self._publisher.publish_event(event, reply_to=reply_to)
         await message.ack()
         return "completed"
 
-    async def _run_job(self, request: Request) -> list[Reply] | ServiceError | Claim:
+    async def _run_job(self, request: Request, key: str) -> list[Reply] | ServiceError | Claim:
         """Run the handler as its own task, so job.cancel and the deadline can stop it alone.
         A Claim comes back when the ledger already knew the request."""
         env = request.envelope
         job = asyncio.create_task(guarded(route(env.type, request.data))(request, self._deps))
-        self._running[env.id] = job
+        self._running[key] = job
         try:
             async with asyncio.timeout(self._config.request_deadline_s):
                 return await job
@@ -285,7 +328,7 @@ class Consumer:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():  # shutdown: hand it back
-                await self._ledger.release(env.id)
+                await self._ledger.release(key)
                 raise
             return PermanentFailure("cancelled by job.cancel", code="cancelled")
         except ServiceError as error:
@@ -294,41 +337,44 @@ class Consumer:
             log.exception("handler.crashed")
             return ServiceError(f"internal error: {type(error).__name__}", code="internal")
         finally:
-            self._running.pop(env.id, None)
+            self._running.pop(key, None)
 
-    async def _answer_from_ledger(self, message: AbstractIncomingMessage, env: Envelope,
-                                  data: ContentRequested | ImageRequested, attempt: int,
+    async def _answer_from_ledger(self, settle: _Settling, env: Envelope,
+                                  data: ContentRequested | ImageRequested, key: str,
                                   claim: Claim) -> str:
         """Settle a request the ledger already knows about (done, cancelled, running)."""
+        message = settle.message
         if claim.verdict == "done":
             for raw in claim.stored_events:
                 await self._publisher.publish_event(Envelope.model_validate_json(raw),
-                                                    reply_to=message.reply_to)
+                                                    reply_to=settle.reply_to)
             await message.ack()
             return "duplicate"
         if claim.verdict == "cancelled":
             failure = PermanentFailure("cancelled before it started", code="cancelled")
-            return await self._fail(message, env, data, failure, attempt)
-        await self._publisher.retry_later(message, attempt=attempt, delay_s=BUSY_RETRY_S)
+            return await self._fail(settle, env, data, key, failure)
+        await self._publisher.retry_later(message, state=settle.spent(), delay_s=BUSY_RETRY_S)
         await message.ack()
         return "busy"
 
-    async def _fail(self, message: AbstractIncomingMessage, env: Envelope,
-                    data: ContentRequested | ImageRequested, failure: ServiceError,
-                    attempt: int) -> str:
+    async def _fail(self, settle: _Settling, env: Envelope,
+                    data: ContentRequested | ImageRequested, key: str,
+                    failure: ServiceError) -> str:
+        message, reply_to, attempt = settle.message, settle.reply_to, settle.state.attempt
         if isinstance(failure, Deferred):
-            if await self._defer(message, env, failure, attempt):
+            if await self._defer(settle, env, key, failure):
                 return "deferred"
-            failure = Deferred(f"{failure.message}; gave up after {_deferred_s(message):g}s of "
-                               "waiting (RATE_LIMIT_MAX_WAIT_S)",
+            failure = Deferred(f"{failure.message}; gave up after {settle.state.deferred_s:g}s "
+                               "of waiting (RATE_LIMIT_MAX_WAIT_S)",
                                retry_after_s=failure.retry_after_s)
         log.warning("request.failed", code=failure.code, reason=failure.message, attempt=attempt)
         if (isinstance(failure, TransientFailure) and not isinstance(failure, Deferred)
                 and attempt + 1 < self._config.max_attempts):
-            await self._ledger.release(env.id)
+            await self._ledger.release(key)
             delay = retry_delay(attempt, failure.retry_after_s)
-            await self._publisher.retry_later(message, attempt=attempt + 1, delay_s=delay)
-            await self._status(env, "deferred", attempt + 1, message.reply_to)
+            await self._publisher.retry_later(message, state=settle.spent(attempt=attempt + 1),
+                                              delay_s=delay)
+            await self._status(env, "deferred", attempt + 1, reply_to)
             await message.ack()
             return "retry"
         failed = GenerationFailed(
@@ -342,30 +388,31 @@ class Consumer:
         final_state: JobState = "cancelled" if failure.code == "cancelled" else "failed"
         if isinstance(failure, PermanentFailure):
             # Final for this id: a re-send gets the same answer without paying again.
-            await self._ledger.finish(env.id, [_encode(failed_event)])
+            await self._ledger.finish(key, [_encode(failed_event)])
         else:
             # Out of attempts, or unexpected: ops may replay it from the DLQ, so forget the claim.
-            await self._ledger.release(env.id)
-        await self._status(env, final_state, attempt, message.reply_to)
-        await self._publisher.publish_event(failed_event, reply_to=message.reply_to)
+            await self._ledger.release(key)
+        await self._status(env, final_state, attempt, reply_to)
+        await self._publisher.publish_event(failed_event, reply_to=reply_to)
         if not isinstance(failure, PermanentFailure):
             await self._publisher.dead_letter(message, code=failure.code, reason=failure.message)
         await message.ack()
         return failure.code
 
-    async def _defer(self, message: AbstractIncomingMessage, env: Envelope, failure: Deferred,
-                     attempt: int) -> bool:
+    async def _defer(self, settle: _Settling, env: Envelope, key: str,
+                     failure: Deferred) -> bool:
         """Over a rate limit: to a delay queue with the same attempt, while the total wait
         stays under `max_defer_s`; False when it is used up."""
-        waited = _deferred_s(message)
+        waited = settle.state.deferred_s
         if waited >= self._config.max_defer_s:
             return False
         delay = deferral_delay(min(failure.retry_after_s, self._config.max_defer_s - waited))
-        await self._ledger.release(env.id)
-        await self._publisher.retry_later(message, attempt=attempt, delay_s=delay,
-                                          deferred_s=waited + delay)
-        await self._status(env, "deferred", attempt, message.reply_to)
-        await message.ack()
+        await self._ledger.release(key)
+        await self._publisher.retry_later(settle.message,
+                                          state=settle.spent(deferred_s=waited + delay),
+                                          delay_s=delay)
+        await self._status(env, "deferred", settle.state.attempt, settle.reply_to)
+        await settle.message.ack()
         log.info("request.deferred", reason=failure.message, delay_s=delay,
                  waited_s=waited + delay)
         return True
@@ -375,8 +422,10 @@ class Consumer:
     async def _control(self, parsed: Parsed, principal: Principal) -> None:
         data = parsed.data
         if isinstance(data, JobCancel):
-            await self._ledger.mark_cancelled(data.request_id)
-            job = self._running.get(data.request_id)
+            owner = cancel_target(data, parsed.envelope.source, principal)
+            key = owner.key(data.request_id)
+            await self._ledger.mark_cancelled(key)
+            job = self._running.get(key)
             if job is not None:
                 job.cancel()
             log.info("job.cancel", target=data.request_id, running_here=job is not None,
@@ -412,15 +461,28 @@ def _encode(event: Envelope) -> bytes:
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
 
 
-def _attempt(message: AbstractIncomingMessage) -> int:
-    value = (message.headers or {}).get(ATTEMPT_HEADER, 0)
-    return value if isinstance(value, int) and 0 <= value < 1000 else 0
+@dataclass(frozen=True, slots=True)
+class _Settling:
+    """One delivery of a request and what its settling needs: where replies go, what earlier
+    attempts left, and this attempt's provider calls."""
+
+    message: AbstractIncomingMessage
+    reply_to: str | None
+    state: RetryState
+    calls: CallBudget
+
+    def spent(self, *, attempt: int | None = None, deferred_s: float | None = None,
+              ) -> RetryState:
+        """The state a copy of this delivery carries on: the calls paid so far included."""
+        return RetryState(self.state.attempt if attempt is None else attempt,
+                          self.state.deferred_s if deferred_s is None else deferred_s,
+                          self.calls.used)
 
 
-def _deferred_s(message: AbstractIncomingMessage) -> float:
-    value = (message.headers or {}).get(DEFERRED_HEADER, 0)
-    return float(value) if isinstance(value, int | float) and value >= 0 else 0.0
-
-
-def _is_auth_error(error: RejectedMessage) -> bool:
-    return error.code == "unauthorized"
+def cancel_target(cancel: JobCancel, source: str, principal: Principal) -> RequestOwner:
+    """Whose request a job.cancel names: the sender's own (by default from the same source);
+    another caller's only for llm:admin."""
+    subject = cancel.subject or principal.subject
+    if subject != principal.subject and not principal.allows(ADMIN):
+        raise Forbidden("only llm:admin may cancel another caller's request")
+    return RequestOwner(subject, cancel.source or source)

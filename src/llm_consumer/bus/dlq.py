@@ -18,8 +18,6 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, FieldValue
 
 from llm_consumer.bus.publisher import (
-    ATTEMPT_HEADER,
-    DEFERRED_HEADER,
     ERROR_CODE_HEADER,
     ERROR_MESSAGE_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
@@ -28,10 +26,11 @@ from llm_consumer.bus.publisher import (
     copy_of,
 )
 from llm_consumer.bus.redaction import redact_headers
+from llm_consumer.bus.retry_state import STATE_HEADERS
 from llm_consumer.bus.topology import Topology
 from llm_consumer.events.parsing import peek
 
-DIAGNOSTIC_HEADERS = (ATTEMPT_HEADER, DEFERRED_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER,
+DIAGNOSTIC_HEADERS = (*STATE_HEADERS, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER,
                       ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, "x-death",
                       "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
                       "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",

@@ -33,14 +33,13 @@ from aiormq.exceptions import DeliveryError, PublishError
 from pamqp.commands import Basic
 
 from llm_consumer import metrics
+from llm_consumer.bus.retry_state import RetrySigner, RetryState
 from llm_consumer.bus.topology import Topology
 from llm_consumer.events.catalog import EVENTS
 from llm_consumer.events.envelope import CLOUDEVENTS_CONTENT_TYPE, Envelope, encode
 
 log = structlog.get_logger(__name__)
 
-ATTEMPT_HEADER = "x-attempt"
-DEFERRED_HEADER = "x-deferred-s"  # seconds a request has waited in delay queues for rate limits
 ERROR_CODE_HEADER = "x-error-code"
 ERROR_MESSAGE_HEADER = "x-error-message"
 ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
@@ -89,9 +88,10 @@ def copy_of(incoming: AbstractIncomingMessage,
 
 class Publisher:
     def __init__(self, channel: AbstractChannel, hub: AbstractExchange, topology: Topology,
-                 dead_letter_exchange: AbstractExchange, *,
+                 dead_letter_exchange: AbstractExchange, *, signer: RetrySigner,
                  notices: tuple[AbstractChannel, AbstractExchange] | None = None) -> None:
         self._channel = channel
+        self._signer = signer
         self.dead_letters = DeadLetterAlarm()
         self._hub = hub
         self._notices = notices
@@ -131,14 +131,12 @@ class Publisher:
                 raise
             log.info("reply_to.gone", reply_to=reply_to, event_type=envelope.type)
 
-    async def retry_later(self, incoming: AbstractIncomingMessage, *, attempt: int,
-                          delay_s: float, deferred_s: float | None = None) -> int:
-        """Send a copy to the delay queue that fits `delay_s`; it returns to the work queue.
-        `deferred_s`: the total rate-limit wait so far, carried in DEFERRED_HEADER."""
+    async def retry_later(self, incoming: AbstractIncomingMessage, *, state: RetryState,
+                          delay_s: float) -> int:
+        """Send a copy to the delay queue that fits `delay_s`; it returns to the work queue
+        carrying `state` (attempt, rate-limit wait so far, provider calls paid), signed."""
         step, queue = self._topology.delay_queue_for(delay_s)
-        headers: dict[str, FieldValue] = {ATTEMPT_HEADER: attempt}
-        if deferred_s is not None:
-            headers[DEFERRED_HEADER] = round(deferred_s, 3)
+        headers = self._signer.headers(incoming.message_id, state)
         await self._default().publish(copy_of(incoming, headers), routing_key=queue.name)
         return step
 

@@ -34,7 +34,7 @@ class EventSpec:
     type: str
     model: builtins.type[BaseModel]
     direction: Direction
-    permission: str | None = None
+    permission: str | tuple[str, ...] | None = None  # a tuple: any one of them
     summary: str = ""
 
 
@@ -45,8 +45,9 @@ EVENTS: dict[str, EventSpec] = {
                   "Generate text of one kind."),
         EventSpec(IMAGE_REQUESTED, rq.ImageRequested, "request", "llm:image",
                   "Generate, transform or enhance images."),
-        EventSpec(JOB_CANCEL, rq.JobCancel, "control", "llm:admin",
-                  "Skip a queued request or stop a running one."),
+        EventSpec(JOB_CANCEL, rq.JobCancel, "control", ("llm:content", "llm:image", "llm:admin"),
+                  "Skip a queued request or stop a running one: the caller's own, or any with "
+                  "llm:admin."),
         EventSpec(CACHE_INVALIDATE, rq.CacheInvalidate, "control", "llm:admin",
                   "Drop cached results, all or of one kind."),
         EventSpec(CONTENT_GENERATED, rs.ContentGenerated, "result", None,

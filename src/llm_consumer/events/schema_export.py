@@ -196,9 +196,17 @@ def _message(event_type: str, spec: EventSpec) -> Json:
     }
     if spec.direction in INBOUND:
         message["headers"] = {"$ref": f"#/components/schemas/{spec.direction}Headers"}
-        message["description"] = (f"Needs the permission `{spec.permission}`. AMQP properties: "
-                                  "`priority` 0-9 (9 first), `reply_to`.")
+        message["description"] = (f"Needs the permission {permission_text(spec.permission)}. "
+                                  "AMQP properties: `priority` 0-9 (9 first), `reply_to` (a "
+                                  "reply queue the caller owns: see the README of schemas/).")
     return message
+
+
+def permission_text(permission: str | tuple[str, ...] | None) -> str:
+    if permission is None:
+        return "-"
+    wanted = (permission,) if isinstance(permission, str) else permission
+    return " or ".join(f"`{p}`" for p in wanted)
 
 
 def _components() -> Json:
@@ -210,9 +218,12 @@ def _components() -> Json:
         "payload": {"description": "the original body (possibly not JSON)"},
     }
     auth = {"type": "string", "pattern": r"^Bearer \S+$", "description":
-            "HS256 JWT (exp required); scope/permissions: llm:content, llm:image, llm:admin"}
+            "HS256 JWT (exp required, at most MAX_TOKEN_LIFETIME_S after iat); exactly one "
+            "authorization header in any case; scope/permissions: llm:content, llm:image, "
+            "llm:admin"}
     attempt = {"type": "integer", "minimum": 0,
-               "description": "retry count, set by the service on the copies it re-queues"}
+               "description": "retry count, set and signed (x-llm-signature) by the service on "
+                              "the copies it re-queues; ignored on any other message"}
     deferred = {"type": "number", "minimum": 0, "description":
                 "seconds waited in delay queues for rate limits (deferrals keep x-attempt)"}
 
@@ -222,8 +233,12 @@ def _components() -> Json:
     return {
         "messages": messages,
         "schemas": {
-            "requestHeaders": headers({"authorization": auth, "x-attempt": attempt,
-                                       "x-deferred-s": deferred}),
+            "requestHeaders": headers({
+                "authorization": auth, "x-attempt": attempt, "x-deferred-s": deferred,
+                "x-provider-calls": {"type": "integer", "minimum": 0, "description":
+                                     "provider calls paid by earlier attempts (service copies)"},
+                "x-llm-signature": {"type": "string", "description":
+                                    "HMAC of the service's retry state; callers never set it"}}),
             "controlHeaders": headers({"authorization": auth}),
             "deadLetterHeaders": headers({
                 "x-error-code": {"type": "string", "description": "e.g. invalid_request"},
@@ -242,8 +257,11 @@ Every event is a CloudEvents 1.0 message in structured mode (`application/cloude
 published to the topic exchange `hub` with routing key = `type`.
 Requests and control events carry the AMQP header `authorization: Bearer <JWT>` (HS256, `exp`
 required); scope `llm:content` allows content.requested, `llm:image` image.requested, `llm:admin`
-the control events. Requests may set `priority` 0-9 (9 first) and `reply_to` (each result is
-also sent to the default exchange with that routing key).
+the control events (`job.cancel` also any of the request scopes, for the caller's own requests).
+A request is named by its token's `sub`, its `source` and its `id`. Requests may set
+`priority` 0-9 (9 first) and `reply_to` (each result is also sent to the default exchange with
+that routing key) when it names a queue the caller can own: `amq.gen-*`, direct reply-to, or a
+configured pattern; never a queue of the service.
 Transient failures are retried through delay queues, counted in the `x-attempt` header; rejected
 or exhausted messages are dead-lettered with `x-error-code` and `x-error-message` headers.
 """
@@ -284,7 +302,7 @@ def _readme(topo: Topology) -> str:
     def link(path: str) -> str:
         return f"[{path}]({path})"
 
-    events = [row(f"`{t}`", s.direction, f"`{s.permission}`" if s.permission else "-",
+    events = [row(f"`{t}`", s.direction, permission_text(s.permission),
                   link(f"events/{t}.json"), s.summary) for t, s in EVENTS.items()]
     kinds = [row(f"`{k.value}`", "`content.generated`",
                  f"`content` as in {link(f'content/{k.value}.json')}") for k in content_kinds()]
@@ -347,8 +365,23 @@ Regenerate with `llm-consumer schemas`; `llm-consumer schemas --check` and
 - Results that no queue can take are kept in `{unrouted}` (bounded, oldest dropped first).
 - Failures after the attempt limit, and rejected messages, go to `{dead}` with the headers
   `x-error-code` and `x-error-message`.
+- A request is identified by its caller: the token's `sub`, the event's `source` and its `id`.
+  Idempotency (a re-sent request gets its stored result), job state and `job.cancel` work in
+  that scope; the same `id` from another caller is a different request, never answered with
+  another caller's result. `job.cancel` takes optional `source` (default: the cancel event's
+  own) and `subject` (default: the sender's `sub`; another one needs `llm:admin`).
 - `reply_to` gets a copy of the result events and of the request's `content.progress` and
-  `job.status` notices; it is ignored on a message whose token failed verification.
+  `job.status` notices, when it names a reply queue the caller can own: a server-named queue
+  (`amq.gen-*`), direct reply-to (`amq.rabbitmq.reply-to...`), or a name matching the
+  operator's REPLY_TO_PATTERN; never a queue under the service's prefix. Any other `reply_to`
+  makes the request `invalid_request` (`generation.failed` on the hub only, dead-lettered). A
+  message whose token or permission fails never gets a `reply_to` delivery.
+- One message causes at most MAX_PROVIDER_CALLS_PER_REQUEST provider calls (default 16) across
+  all of its attempts; past that it ends in `generation.failed` `quota_exhausted`. A request may
+  name only offered models (`model.name`, `options.model`): the configured ones and
+  ALLOWED_MODELS; any other is `invalid_request`.
+- Image answers are not shared across callers through the cache (they name stored images only
+  their owner may read); text answers are (the same input gives the same output).
 - Results are published with `mandatory`; notices (progress, job status, heartbeats) nobody
   is bound to are not kept.
 - The service enforces rules these schemas cannot state (a breach gets `generation.failed`

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import BaseModel
 
 from llm_consumer.auth import Principal
+from llm_consumer.errors import PermanentFailure
 from llm_consumer.events.envelope import Envelope
 from llm_consumer.events.requests import ContentRequested, ImageRequested
+from llm_consumer.identity import RequestOwner
 from llm_consumer.prompts.fitting import ContextWindows
 from llm_consumer.providers.base import TextProvider
 
@@ -34,6 +36,33 @@ class Reply:
     data: BaseModel
 
 
+DEFAULT_MAX_PROVIDER_CALLS = 16
+
+
+@dataclass(slots=True)
+class CallBudget:
+    """The provider calls one message may cause, across all of its attempts.
+
+    `used` starts at what the message's earlier attempts spent (carried, signed, on the
+    service's own retry copies) and grows with every call of this attempt; a call past `limit`
+    fails the request for good instead of paying for it.
+    """
+
+    limit: int = DEFAULT_MAX_PROVIDER_CALLS
+    used: int = 0
+
+    def spend(self, calls: int = 1) -> None:
+        if self.used + calls > self.limit:
+            raise PermanentFailure(
+                f"request reached its cap of {self.limit} provider calls across its attempts "
+                "(MAX_PROVIDER_CALLS_PER_REQUEST)", code="quota_exhausted")
+        self.used += calls
+
+    @property
+    def left(self) -> int:
+        return max(0, self.limit - self.used)
+
+
 @dataclass(frozen=True, slots=True)
 class Deps:
     """Everything a handler may use, built once by the app."""
@@ -51,6 +80,7 @@ class Request:
     principal: Principal
     attempt: int
     emit: Emit
+    calls: CallBudget = field(default_factory=CallBudget)
     started: float = field(default_factory=time.monotonic)
     # True: the pipeline makes the job-ledger claim with the request's first admission (one
     # Redis round trip for both) and raises AlreadyClaimed when the ledger knows the request.
@@ -63,6 +93,15 @@ class Request:
     @property
     def id(self) -> str:
         return self.envelope.id
+
+    @property
+    def owner(self) -> RequestOwner:
+        return RequestOwner(self.principal.subject, self.envelope.source)
+
+    @property
+    def key(self) -> str:
+        """The request's name scoped by its caller: what the job ledger and cancel use."""
+        return self.owner.key(self.envelope.id)
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)

@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llm_consumer import metrics
 from llm_consumer.errors import Deferred
 from llm_consumer.events import catalog
 from llm_consumer.events.results import RateLimitNotice
-from llm_consumer.handlers.base import Emit
+from llm_consumer.handlers.base import CallBudget, Emit
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
 from llm_consumer.store.admission import Admitted, Ask, Follow, Hit, Known, Limited
 from llm_consumer.store.guard import Guard
@@ -42,6 +42,7 @@ class Ticket:
     model: str
     kind: str
     emit: Emit
+    calls: CallBudget = field(default_factory=CallBudget)  # the request's cap on provider calls
     waited_s: float = 0.0
     ask: Ask | None = None
     admitted: Admitted | None = None
@@ -107,6 +108,7 @@ class MeteredText:
         model = self._inner.models_for(job.model)[0]
         if ticket is None:
             return await self._inner.complete(job, sink)
+        ticket.calls.spend()
         if ticket.used or ticket.model != model or ticket.ask is None or ticket.admitted is None:
             scopes = model_scopes(self._guard.limits, model, job_tokens(job))
             await admit_within(self._guard, Ask(ticket.kind, "", tuple(scopes)), ticket.emit,

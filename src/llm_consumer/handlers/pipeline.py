@@ -96,10 +96,12 @@ def plan_for(request: Request, guard: Guard, deps: Deps) -> Plan:
     scopes = request_scopes(guard.limits, operation=operation_of(data), user=user, model=model,
                             tokens=estimate_tokens(data, window))
     ttl_s = guard.cache.ttl_for(kind)
-    ask = Ask(kind, cache.digest(request.envelope.type, data, model), tuple(scopes),
+    # Image answers name stored images only their owner may read: never shared across callers.
+    owner = request.principal.subject if isinstance(data, ImageRequested) else ""
+    ask = Ask(kind, cache.digest(request.envelope.type, data, model, owner), tuple(scopes),
               read_cache=data.cache and ttl_s > 0, coalesce=data.cache,
               lease_s=guard.policy.singleflight_wait_s,
-              job=request.id if request.claims_job else None)
+              job=request.key if request.claims_job else None)
     return Plan(ask, model, user, ttl_s)
 
 
@@ -120,7 +122,7 @@ class _Run:
         self.deps = deps
         self.guard = guard
         self.plan = plan_for(request, guard, deps)
-        self.ticket = Ticket(self.plan.model, self.plan.ask.kind, request.emit)
+        self.ticket = Ticket(self.plan.model, self.plan.ask.kind, request.emit, request.calls)
 
     async def go(self) -> list[Reply]:
         ask = self.plan.ask
@@ -208,7 +210,7 @@ class _Run:
 
     def _record(self, replies: list[Reply]) -> tuple[str, list[bytes]] | None:
         seal = self.request.seal
-        return (self.request.id, seal(replies)) if seal is not None else None
+        return (self.request.key, seal(replies)) if seal is not None else None
 
     def _use(self, replies: list[Reply], *, hit: bool) -> Use:
         first = replies[0].data if replies else None

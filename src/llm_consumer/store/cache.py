@@ -2,8 +2,9 @@
 
 The key is the sha256 of the canonical JSON (sorted keys) of the request type, kind, context,
 theme, the resolved model and its parameters, and any other field that shapes the answer;
-`cache`, `user_id` and `stream` do not, so they are left out. Answers are shared across users:
-the same input gives the same output, which the asker already holds.
+`cache`, `user_id` and `stream` do not, so they are left out. Text answers are shared across
+users: the same input gives the same output, which the asker already holds. Image answers are
+not: they point at stored images, which only their owner may read (`owner` joins the key).
 
 Invalidation bumps a generation counter (all kinds, or one); every entry carries the generation
 it was computed under, and the lookup (in `admit.lua`) ignores older ones. That makes
@@ -33,7 +34,7 @@ INVALIDATION_MARK_S = 3600
 Stored = list[tuple[str, dict[str, Any]]]  # (event type, event data) per reply
 
 
-def canonical(request_type: str, data: BaseModel, model: str) -> bytes:
+def canonical(request_type: str, data: BaseModel, model: str, owner: str = "") -> bytes:
     body = data.model_dump(mode="json", exclude=set(NOT_IN_KEY), exclude_none=True)
     options = body.get("model")
     if isinstance(options, dict):  # the resolved name stands in for an explicit or default one
@@ -41,11 +42,13 @@ def canonical(request_type: str, data: BaseModel, model: str) -> bytes:
         if not options:
             del body["model"]
     body.update(format=CACHE_FORMAT, type=request_type, resolved_model=model)
+    if owner:
+        body["owner"] = owner
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
-def digest(request_type: str, data: BaseModel, model: str) -> str:
-    return hashlib.sha256(canonical(request_type, data, model)).hexdigest()
+def digest(request_type: str, data: BaseModel, model: str, owner: str = "") -> str:
+    return hashlib.sha256(canonical(request_type, data, model, owner)).hexdigest()
 
 
 def encode(replies: Stored) -> bytes:

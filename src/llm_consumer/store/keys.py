@@ -9,11 +9,14 @@ from dataclasses import dataclass
 class Keys:
     prefix: str = "llm:"
 
-    def job(self, request_id: str) -> str:
-        return f"{self.prefix}job:{request_id}"
+    # A request's keys are named by its caller-scoped key (identity.RequestOwner.key), never by
+    # the bare event id, and share one hash tag: the claim script touches both together.
 
-    def cancelled(self, request_id: str) -> str:
-        return f"{self.prefix}cancel:{request_id}"
+    def job(self, request_key: str) -> str:
+        return f"{self.prefix}job:{{{request_key}}}"
+
+    def cancelled(self, request_key: str) -> str:
+        return f"{self.prefix}cancel:{{{request_key}}}"
 
     def instance_prefix(self) -> str:
         return f"{self.prefix}instance:"

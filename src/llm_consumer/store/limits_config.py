@@ -6,6 +6,7 @@ one line naming the variable) into frozen values the limiter uses.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,6 +81,14 @@ class LimitsConfig:
     operations: Mapping[str, Rate | None]
     models: Mapping[str, ModelRates] = field(default_factory=dict)
     replicas_hint: int = 3  # the share each replica keeps to itself when Redis is down
+    user_share: float = 1.0  # of each operation and model limit, the most one user may take
+
+    def user_part(self, rate: Rate | None) -> Rate | None:
+        """One user's share of `rate` (None when there is no share to keep)."""
+        if rate is None:
+            return None
+        share = max(1, math.floor(rate.limit * self.user_share))
+        return Rate(share, rate.window_s) if share < rate.limit else None
 
     def model(self, name: str) -> ModelRates:
         return self.models.get(name, ModelRates())

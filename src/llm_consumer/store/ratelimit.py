@@ -80,10 +80,17 @@ def model_scopes(config: LimitsConfig, model: str, tokens: int) -> list[Scope]:
 
 def request_scopes(config: LimitsConfig, *, operation: str, user: str, model: str,
                    tokens: int) -> list[Scope]:
+    """Every scope of a request. Besides the user's own limit, a user may take only its share
+    (RATE_LIMIT_USER_SHARE) of each operation's and model's limit, so one tenant's burst
+    cannot leave the others `rate_limited`."""
+    operation_rate = config.operations.get(operation)
+    model_rate = config.model(model).requests
     return [
         *_window("global", "all", config.global_),
         *_window("user", user, config.user),
-        *_window("operation", operation, config.operations.get(operation)),
+        *_window("user", f"{user}/operation/{operation}", config.user_part(operation_rate)),
+        *_window("user", f"{user}/model/{model}", config.user_part(model_rate)),
+        *_window("operation", operation, operation_rate),
         *model_scopes(config, model, tokens),
     ]
 
