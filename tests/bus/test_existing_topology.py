@@ -9,6 +9,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from structlog.testing import capture_logs
 
 from llm_consumer.app import run_service
 from llm_consumer.bus.declare import TopologyConflict
@@ -100,9 +101,16 @@ async def test_an_unbounded_dead_letter_queue_of_earlier_versions_is_adopted(
     await predeclare(queue=f"{settings.queue_prefix}dead")
     await predeclare(exchange=settings.hub_exchange,
                      arguments={"alternate-exchange": "platform.unrouted"})
-    service: Service = await start_service(**{
-        name: getattr(settings, name)
-        for name in ("hub_exchange", "queue_prefix", "redis_prefix", "instance_id")})
+    with capture_logs() as logs:
+        service: Service = await start_service(**{
+            name: getattr(settings, name)
+            for name in ("hub_exchange", "queue_prefix", "redis_prefix", "instance_id")})
+    adopted = {(e["object"], e["name"]): e["differences"] for e in logs
+               if e["event"] == "topology.adopted"}
+    assert set(adopted) == {("queue", f"{settings.queue_prefix}dead"),
+                            ("exchange", settings.hub_exchange)}
+    assert "it has x-max-length unset, x-overflow unset" in adopted[
+        ("queue", f"{settings.queue_prefix}dead")]
     await publish_raw(service.settings, b"not json", routing_key="content.requested",
                       headers={"authorization": f"Bearer {token()}"})
     [letter] = await dead_letters(service.settings, expect=1)
