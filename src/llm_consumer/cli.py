@@ -84,7 +84,12 @@ def demo(
         err.print("[dim]SECRET_KEY not set: using a throw-away key for this demo[/]")
     settings = _settings()
     configure_logging("WARNING")
-    sys.exit(_run(_demo(settings, timeout)))
+    try:
+        code = _run(_demo(settings, timeout))
+    except TopologyConflict as error:
+        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    sys.exit(code)
 
 
 async def _demo(settings: Settings, timeout: float) -> int:
