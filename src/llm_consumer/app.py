@@ -29,6 +29,7 @@ from llm_consumer.events.envelope import new_event
 from llm_consumer.handlers.base import Deps
 from llm_consumer.handlers.limits import MeteredText
 from llm_consumer.heartbeat import Probes, Status, run_heartbeats
+from llm_consumer.identity import derive_key
 from llm_consumer.images.fetch import FetchPolicy, SourceFetcher
 from llm_consumer.images.service import ImageService
 from llm_consumer.images.storage import S3Options, open_store
@@ -139,7 +140,8 @@ def build_image_service(settings: Settings) -> ImageService:
                          public_base_url=settings.image_public_base_url),
         fetcher=SourceFetcher(FetchPolicy(max_bytes=settings.image_fetch_max_bytes,
                                           timeout_s=settings.image_fetch_timeout_s,
-                                          allowlist=settings.image_fetch_allowlist)))
+                                          allowlist=settings.image_fetch_allowlist)),
+        owner_key=derive_key(settings.secret, "image-owner"))
 
 
 def default_text_model(settings: Settings) -> str:

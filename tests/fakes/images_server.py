@@ -2,6 +2,7 @@
 
     async with FakeImages() as server:
         server.script("getimg", fail(402, "out of credits"))
+        server.script("openai", *after(4, fail(503, "overloaded")))  # the 5th call fails
         # GETIMG_BASE_URL=server.base_url, OPENAI_BASE_URL=server.openai_base_url
 
 It runs on 127.0.0.1 with an ephemeral port inside the test's event loop (aiohttp AppRunner).
@@ -58,11 +59,21 @@ class Odd:
     what: Literal["blank", "garbage"]
 
 
-Scripted = Fail | Odd
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """A normal answer: scripted before a Fail or Odd, it lets that one hit a later call."""
+
+
+Scripted = Fail | Odd | Ok
 
 
 def fail(status: int, message: str, code: str | None = None, **headers: str) -> Fail:
     return Fail(status, message, code, headers={k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def after(calls: int, entry: Scripted) -> list[Scripted]:
+    """`entry` for the call after `calls` normal ones: `server.script(api, *after(4, fail(..)))`."""
+    return [*[Ok()] * calls, entry]
 
 
 def moderation_blocked() -> Fail:

@@ -11,8 +11,14 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import Service
+from llm_consumer.identity import derive_key, owner_tag
+from tests.conftest import SECRET, Service
 from tests.fakes.images_server import GETIMG_KEY, OPENAI_KEY, FakeImages
+
+
+def owner_folder(subject: str = "tester") -> str:
+    """The key prefix of a caller's stored images (`tests.conftest.token` callers)."""
+    return f"images/{owner_tag(derive_key(SECRET, 'image-owner'), subject)}/"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from tests.conftest import Service
 from tests.fakes.images_server import Api, FakeImages, Odd, fail, moderation_blocked
 from tests.fakes.pictures import png
 from tests.hub import dead_letters
+from tests.images.conftest import owner_folder
 
 PROVIDERS = ("getimg", "openai")
 LOOPBACK = "127.0.0.1/32"
@@ -97,7 +98,8 @@ async def test_text_to_image_kinds(image_service: Any, fake_images: FakeImages,
     assert data["provider"] == provider and data["kind"] == kind.value
     assert data["palette"][0] == "#1b1b1f"
     assert image["quality"]["palette_distance"] < 15, "the themed picture uses the palette"
-    assert image["key"] == f"images/{data['request_id']}/0.png"
+    assert image["key"].startswith(owner_folder()) and image["key"].endswith("/0.png")
+    assert data["request_id"] not in image["key"], "keys are the service's, not the caller's"
     [call] = fake_images.of(provider)
     sent = call.body["prompt"]
     assert CONTEXTS[kind]["name"] in sent and "#6b2d2d" in sent, "context and palette reach it"
@@ -156,7 +158,9 @@ async def test_variations_split_one_grid_into_trimmed_images(
         "options": {"provider": provider}})
     assert len(data["images"]) == 4 and len(fake_images.of(provider)) == 1, "one grid, 4 images"
     keys = [image["key"] for image in data["images"]]
-    assert keys == [f"images/{data['request_id']}/{i}.png" for i in range(4)]
+    folder = keys[0].rsplit("/", 1)[0]
+    assert folder.startswith(owner_folder()) and len(folder) == len(owner_folder()) + 32
+    assert keys == [f"{folder}/{i}.png" for i in range(4)], "one new folder per request"
     for image in data["images"]:
         decoded = assert_matches(image, read_stored(image)).convert("RGB")
         assert image["width"] < 512 and image["height"] < 512, "panels are cut from the grid"
@@ -183,7 +187,7 @@ async def test_count_and_post_enhance_on_a_portrait(image_service: Any,
 
 async def test_getimg_v2_model_downloads_its_temporary_url(image_service: Any,
                                                            fake_images: FakeImages) -> None:
-    service: Service = await image_service()
+    service: Service = await image_service(allowed_models="seedream-4-5")  # not a v1 model
     data = await generated(service, "location", {
         "prompt": "a harbour at dusk", "theme": {"preset": "nautical"},
         "options": {"model": "seedream-4-5", "width": 1600, "height": 900}})
@@ -240,18 +244,34 @@ async def test_moderation_block_is_final(image_service: Any, fake_images: FakeIm
     assert len(fake_images.of("openai")) == 1
 
 
-@pytest.mark.parametrize(("provider", "odd", "reason"), [
-    ("getimg", "blank", "uniform"), ("openai", "garbage", "not a readable image")])
-async def test_unusable_answer_is_not_stored(image_service: Any, fake_images: FakeImages,
-                                             tmp_path: Path, provider: Any, odd: Any,
-                                             reason: str) -> None:
+async def test_unreadable_answer_is_retried_and_not_stored(image_service: Any,
+                                                           fake_images: FakeImages,
+                                                           tmp_path: Path) -> None:
     service: Service = await image_service(max_attempts=1)
-    fake_images.script(provider, Odd(odd))
+    fake_images.script("openai", Odd("garbage"))
     error = await failure(service, "item", {"prompt": "a key",
-                                            "options": {"provider": provider, "count": 2}})
-    assert error["code"] == "provider_unavailable" and reason in error["message"]
+                                            "options": {"provider": "openai", "count": 2}})
+    assert error["code"] == "provider_unavailable" and "not a readable image" in error["message"]
     assert error["retryable"] is True, "another attempt may do better (here: attempts used up)"
     assert not list((tmp_path / "images").rglob("*.*")), "nothing, not even the good one"
+
+
+async def test_blank_answer_is_final_and_nothing_more_is_paid_for_it(
+        image_service: Any, fake_images: FakeImages, tmp_path: Path) -> None:
+    """A black picture is what a safety filter answers: asking again, or enhancing it, would
+    pay for the same refusal (this once made 111 calls for one message)."""
+    service: Service = await image_service()
+    fake_images.script("getimg", Odd("blank"))
+    result = await service.request("item", {"prompt": "a key", "options": {
+        "count": 2, "enhance": ["upscale", "face_fix"]}})
+    assert result.final is not None and result.final["type"] == catalog.GENERATION_FAILED
+    error = result.final["data"]["error"]
+    assert error["code"] == "content_policy" and error["retryable"] is False
+    assert "blank image" in error["message"] and "uniform" in error["message"]
+    assert len(fake_images.requests) == 2, "the two generations; no enhance step, no retry"
+    states = [e["data"]["state"] for e in result.events if e["type"] == catalog.JOB_STATUS]
+    assert states == ["running", "failed"]
+    assert not list((tmp_path / "images").rglob("*.*")), "nothing stored"
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

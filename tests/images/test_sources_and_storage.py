@@ -18,7 +18,7 @@ from tests.conftest import Service
 from tests.fakes.images_server import FakeImages
 from tests.fakes.pictures import noise_png, png
 from tests.hub import dead_letters
-from tests.images.conftest import S3Server
+from tests.images.conftest import S3Server, owner_folder
 from tests.images.test_image_round_trip import assert_matches, failure, generated, read_stored
 
 LOOPBACK = ("127.0.0.1/32",)
@@ -146,8 +146,10 @@ async def test_refs_outside_the_store_are_refused(image_service: Any, fake_image
 
 async def test_unknown_ref_is_refused(image_service: Any) -> None:
     service: Service = await image_service()
-    error = await failure(service, "enhance", {"source_image": {"ref": "images/nobody/0.png"}})
-    assert error["code"] == "invalid_request" and "no stored image" in error["message"]
+    missing = f"{owner_folder()}{'0' * 32}/0.png"
+    error = await failure(service, "enhance", {"source_image": {"ref": missing}})
+    assert error["code"] == "invalid_request"
+    assert error["message"] == f"no stored image of yours under {missing}"
 
 
 async def test_file_store_ref_round_trip(image_service: Any, fake_images: FakeImages) -> None:

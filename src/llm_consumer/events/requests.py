@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 4000
 
@@ -77,7 +77,9 @@ class SourceImage(_Inbound):
 
     url: str | None = Field(None, max_length=4096)
     data: str | None = None
-    ref: str | None = Field(None, max_length=1024)
+    ref: str | None = Field(None, max_length=1024, description=(
+        "the `key` of an image this service stored for the same caller (token `sub`); "
+        "`llm:admin` may name any caller's"))
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceImage:
@@ -103,7 +105,17 @@ class ImageOptions(_Inbound):
     count: int = Field(1, ge=1, le=4)
     seed: int | None = Field(None, ge=0)
     output_format: Literal["png", "jpeg", "webp"] = "png"
-    enhance: list[Literal["upscale", "face_fix"]] | None = None
+    enhance: list[Literal["upscale", "face_fix"]] | None = Field(
+        None, max_length=2, json_schema_extra={"uniqueItems": True},
+        description="enhance steps, in order; each at most once")
+
+    @field_validator("enhance")
+    @classmethod
+    def _steps_once(cls, steps: list[str] | None) -> list[str] | None:
+        if steps and len(set(steps)) < len(steps):
+            raise ValueError(f"lists a step twice ({', '.join(steps)}); each of upscale and "
+                             "face_fix may appear once")
+        return steps
 
 
 class ImageRequested(_Inbound):

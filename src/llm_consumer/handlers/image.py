@@ -2,6 +2,10 @@
 
 Every image a provider returns is decoded and checked before it is stored; the event carries
 what a peer needs to fetch and verify it (url, key, size, sha256) and the quality report.
+
+Every provider call is paid from the request's call budget (`Request.calls`, capped across the
+message's attempts) right before it is made, counted as the HTTP calls it really costs. An
+attempt whose whole plan does not fit in what is left fails before its first call.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from llm_consumer.errors import InvalidRequest, PermanentFailure, TransientFailu
 from llm_consumer.events import catalog
 from llm_consumer.events.requests import TEXT_TO_IMAGE_KINDS, ImageKind, ImageRequested
 from llm_consumer.events.results import ImageGenerated
-from llm_consumer.handlers.base import Deps, Reply, Request
+from llm_consumer.handlers.base import CallBudget, Deps, Reply, Request
 from llm_consumer.images.processing import (
     Decoded,
     UnreadableImage,
@@ -25,7 +29,7 @@ from llm_consumer.images.processing import (
     tile,
 )
 from llm_consumer.images.prompting import GRID_COLS, GRID_ROWS, build_image_prompt
-from llm_consumer.images.service import ImageService, checked_output
+from llm_consumer.images.service import Caller, ImageService, checked_output
 from llm_consumer.images.visual_themes import VisualLook, resolve_visual_theme
 from llm_consumer.providers.images_base import ImageJob, ImageProvider, Operation
 
@@ -34,6 +38,8 @@ DEFAULT_SIZES = {ImageKind.PORTRAIT: (768, 1024), ImageKind.LOCATION: (1216, 832
 GRID_CELL_SIDE = 512  # longest side of one panel of a variations grid
 MAX_TRANSFORM_SIDE = 1536  # larger sources are scaled down before a transform
 UPSCALE_FACTOR = 2  # what both providers' upscale step gives
+VARIATIONS_DEFAULT = GRID_ROWS * GRID_COLS  # panels a variations request gets without `count`
+PER_IMAGE_CALLS = frozenset({"getimg"})  # providers that make one HTTP call per image
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +49,60 @@ class Produced:
     prompt: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """A provider whose every call is paid from the request's call budget before it is made."""
+
+    provider: ImageProvider
+    calls: CallBudget
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+    async def run(self, job: ImageJob) -> tuple[list[Decoded], str]:
+        self.calls.spend(provider_calls(self.provider.name, job))
+        result = await self.provider.run(job)
+        return (await asyncio.to_thread(_checked_all, result.images, self.provider.name),
+                result.model_used)
+
+
+def provider_calls(provider: str, job: ImageJob) -> int:
+    """The HTTP calls `job` costs: GetImg makes one per image, OpenAI one for all `n` of them
+    (GetImg v2's download of its temporary URL is not a paid call and is not counted)."""
+    return job.count if provider in PER_IMAGE_CALLS else 1
+
+
+def planned_calls(data: ImageRequested, provider: str) -> int:
+    """The provider calls one attempt makes when all goes well: the generation (none for the
+    enhance kind), then each enhance step for each image."""
+    options = data.options
+    if data.kind == ImageKind.ENHANCE:
+        return len(options.enhance or ["upscale"])
+    steps = len(options.enhance or [])
+    if data.kind == ImageKind.VARIATIONS:
+        return 1 + _variations_wanted(data) * steps
+    generation = provider_calls(provider, ImageJob("generate", count=options.count))
+    return generation + options.count * steps
+
+
+def _variations_wanted(data: ImageRequested) -> int:
+    options = data.options
+    return options.count if "count" in options.model_fields_set else VARIATIONS_DEFAULT
+
+
 def _image_request(request: Request) -> ImageRequested:
     assert isinstance(request.data, ImageRequested)
     return request.data
+
+
+def _check_plan(data: ImageRequested, provider: str, calls: CallBudget) -> None:
+    needed = planned_calls(data, provider)
+    if needed > calls.left:
+        raise PermanentFailure(
+            f"request needs {needed} provider calls, {calls.left} left of its cap of "
+            f"{calls.limit} across its attempts (MAX_PROVIDER_CALLS_PER_REQUEST)",
+            code="quota_exhausted")
 
 
 async def handle_image(request: Request, deps: Deps) -> list[Reply]:
@@ -54,36 +111,34 @@ async def handle_image(request: Request, deps: Deps) -> list[Reply]:
     if service is None:
         raise PermanentFailure("no image service is configured in this process",
                                code="no_provider")
-    provider = service.provider_for(data.options.provider)
+    chosen = service.provider_for(data.options.provider)
+    _check_plan(data, chosen.name, request.calls)
+    provider = Metered(chosen, request.calls)
+    caller = service.caller(request.principal)
     look = resolve_visual_theme(data.theme)
     if data.kind in TEXT_TO_IMAGE_KINDS:
         produced = await _text_to_image(data, look, provider)
     elif data.kind == ImageKind.ENHANCE:
-        source = await _source(data, service)
+        source = await _source(data, service, caller)
         produced = await _enhance(data, [source], provider, data.options.enhance or ["upscale"])
     else:
-        source = await _source(data, service)
+        source = await _source(data, service, caller)
         runner = _transform if data.kind == ImageKind.TRANSFORM else _variations
         produced = await runner(data, look, provider, source)
     if data.options.enhance and data.kind != ImageKind.ENHANCE:
         enhanced = await _enhance(data, produced.images, provider, data.options.enhance)
         produced = Produced(enhanced.images, produced.models + enhanced.models, produced.prompt)
-    stored = await service.keep(request.id, produced.images, data.options.output_format,
+    stored = await service.keep(caller, produced.images, data.options.output_format,
                                 look.palette)
     return [Reply(catalog.IMAGE_GENERATED, ImageGenerated(
-        request_id=request.id, kind=data.kind.value, images=stored, provider=provider.name,
+        request_id=request.id, kind=data.kind.value, images=stored, provider=chosen.name,
         model_used="+".join(dict.fromkeys(produced.models)), prompt=produced.prompt,
         palette=look.palette_hex, duration_ms=request.elapsed_ms()))]
 
 
-async def _source(data: ImageRequested, service: ImageService) -> Decoded:
+async def _source(data: ImageRequested, service: ImageService, caller: Caller) -> Decoded:
     assert data.source_image is not None  # the request model requires it for these kinds
-    return await service.load_source(data.source_image)
-
-
-async def _run(provider: ImageProvider, job: ImageJob) -> tuple[list[Decoded], str]:
-    result = await provider.run(job)
-    return await asyncio.to_thread(_checked_all, result.images, provider.name), result.model_used
+    return await service.load_source(data.source_image, caller)
 
 
 def _checked_all(images: Sequence[bytes], provider: str) -> list[Decoded]:
@@ -92,23 +147,23 @@ def _checked_all(images: Sequence[bytes], provider: str) -> list[Decoded]:
 
 
 async def _text_to_image(data: ImageRequested, look: VisualLook,
-                         provider: ImageProvider) -> Produced:
+                         provider: Metered) -> Produced:
     prompt = build_image_prompt(data, look)
     width, height = DEFAULT_SIZES[data.kind]
     options = data.options
-    images, model = await _run(provider, ImageJob(
+    images, model = await provider.run(ImageJob(
         "generate", prompt=prompt.text, negative_prompt=prompt.negative,
         width=options.width or width, height=options.height or height, count=options.count,
         seed=options.seed, output_format=options.output_format, model=options.model))
     return Produced(images, (model,), prompt.text)
 
 
-async def _transform(data: ImageRequested, look: VisualLook, provider: ImageProvider,
+async def _transform(data: ImageRequested, look: VisualLook, provider: Metered,
                      source: Decoded) -> Produced:
     prompt = build_image_prompt(data, look)
     options = data.options
     source = await asyncio.to_thread(fit_within, source, MAX_TRANSFORM_SIDE)
-    images, model = await _run(provider, ImageJob(
+    images, model = await provider.run(ImageJob(
         "edit", prompt=prompt.text, negative_prompt=prompt.negative, sources=(source.data,),
         width=options.width or source.width, height=options.height or source.height,
         count=options.count, seed=options.seed, output_format=options.output_format,
@@ -116,7 +171,7 @@ async def _transform(data: ImageRequested, look: VisualLook, provider: ImageProv
     return Produced(images, (model,), prompt.text)
 
 
-async def _variations(data: ImageRequested, look: VisualLook, provider: ImageProvider,
+async def _variations(data: ImageRequested, look: VisualLook, provider: Metered,
                       source: Decoded) -> Produced:
     """One generation of a grid made of the source, split into its trimmed panels."""
     prompt = build_image_prompt(data, look)
@@ -126,18 +181,18 @@ async def _variations(data: ImageRequested, look: VisualLook, provider: ImagePro
     grid = await asyncio.to_thread(
         lambda: encode(tile(source.image, GRID_ROWS, GRID_COLS, cell), "png"))
     options = data.options
-    [answer], model = await _run(provider, ImageJob(
+    [answer], model = await provider.run(ImageJob(
         "edit", prompt=prompt.text, negative_prompt=prompt.negative, sources=(grid,),
         width=cell[0] * GRID_COLS, height=cell[1] * GRID_ROWS, seed=options.seed,
         output_format="png", model=options.model, strength=0.45))
-    wanted = options.count if "count" in options.model_fields_set else GRID_ROWS * GRID_COLS
+    wanted = _variations_wanted(data)
     panels = await asyncio.to_thread(lambda: [
         encode(panel, "png") for panel in split_grid(answer.image, GRID_ROWS, GRID_COLS)])
     return Produced(await asyncio.to_thread(_checked_all, panels[:wanted], provider.name),
                     (model,), prompt.text)
 
 
-async def _enhance(data: ImageRequested, images: list[Decoded], provider: ImageProvider,
+async def _enhance(data: ImageRequested, images: list[Decoded], provider: Metered,
                    steps: Sequence[Operation]) -> Produced:
     """Each image through each step in order (upscale, face fix), each result checked."""
     models: list[str] = []
@@ -147,7 +202,7 @@ async def _enhance(data: ImageRequested, images: list[Decoded], provider: ImageP
         for step in steps:
             if step == "upscale":
                 _check_upscalable(current)
-            [current_next], model = await _run(provider, ImageJob(
+            [current_next], model = await provider.run(ImageJob(
                 step, sources=(current.data,), width=current.width, height=current.height,
                 output_format=data.options.output_format))
             if step == "upscale" and current_next.width <= current.width:

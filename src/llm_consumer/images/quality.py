@@ -33,14 +33,29 @@ class Assessment:
 
 def assess(image: Image.Image, palette: tuple[RGB, ...]) -> Assessment:
     """Measure `image`; raise BlankImage when it carries no picture."""
-    sample = image.convert("RGB")
-    sample.thumbnail((SAMPLE_SIDE, SAMPLE_SIDE), Image.Resampling.BILINEAR)
-    contrast = max(ImageStat.Stat(sample).stddev)
-    if contrast < MIN_CONTRAST:
-        raise BlankImage(f"the image is uniform (colour spread {contrast:.1f} of 255)")
+    sample = _sample(image)
+    contrast = _contrast(sample)
     dominant = dominant_colours(sample)
     distance = palette_distance(dominant, palette) if palette else None
     return Assessment(contrast=round(contrast, 2), dominant=dominant, palette_distance=distance)
+
+
+def require_picture(image: Image.Image) -> None:
+    """Raise BlankImage when `image` is (nearly) one colour."""
+    _contrast(_sample(image))
+
+
+def _sample(image: Image.Image) -> Image.Image:
+    sample = image.convert("RGB")
+    sample.thumbnail((SAMPLE_SIDE, SAMPLE_SIDE), Image.Resampling.BILINEAR)
+    return sample
+
+
+def _contrast(sample: Image.Image) -> float:
+    contrast = max(ImageStat.Stat(sample).stddev)
+    if contrast < MIN_CONTRAST:
+        raise BlankImage(f"the image is uniform (colour spread {contrast:.1f} of 255)")
+    return float(contrast)
 
 
 def dominant_colours(sample: Image.Image) -> tuple[tuple[float, RGB], ...]:

@@ -1,8 +1,17 @@
 """Where images live: a directory (`file://DIR`) or an S3 bucket (`s3://bucket/prefix`).
 
-Keys are made here, never taken from a request: `images/<request>/<index>.<ext>`, where
-<request> is the request id when it is a plain token (a UUID) and a hash of it otherwise. A
-`source_image.ref` must match that shape exactly, so it can only name what this service stores.
+Keys are made by the service, never taken from a request:
+
+    images/<owner tag>/<folder>/<index>.<ext>
+
+<owner tag> is the caller's tag (`identity.owner_tag`: an HMAC of the token's `sub`, 16 hex),
+<folder> is 32 random hex digits drawn for each request's images. Nothing a caller sends (its
+request id included) reaches a key, so a key can be neither guessed nor aimed at another
+caller's images. Stores are write-once: `put` refuses a key that already holds an image
+(KeyTaken), on files and on S3 alike, so an image, once announced, never changes.
+
+A `source_image.ref` must match that shape exactly (KEY_RE), so it can only name what this
+service stores; who may read which key is decided by the image service (`service.py`).
 """
 
 from __future__ import annotations
@@ -11,34 +20,60 @@ import asyncio
 import hashlib
 import os
 import re
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from llm_consumer.errors import InvalidRequest, TransientFailure
+from llm_consumer.identity import OWNER_TAG_CHARS
 from llm_consumer.images.processing import EXTENSIONS, OutputFormat
 
-KEY_RE = re.compile(r"images/[A-Za-z0-9_-]{1,64}/[0-9]{1,2}\.(png|jpg|webp)")
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+FOLDER_BYTES = 16  # 128 random bits: 32 hex digits
+KEY_RE = re.compile(
+    rf"images/(?P<owner>[0-9a-f]{{{OWNER_TAG_CHARS}}})/[0-9a-f]{{{2 * FOLDER_BYTES}}}"
+    r"/[0-9]{1,2}\.(png|jpg|webp)")
+KEY_SHAPE = "images/<owner>/<folder>/<n>.<png|jpg|webp>"
 
 
-def image_key(request_id: str, index: int, fmt: OutputFormat) -> str:
-    folder = request_id if _TOKEN_RE.fullmatch(request_id) else (
-        hashlib.sha256(request_id.encode()).hexdigest()[:32])
-    return f"images/{folder}/{index}.{EXTENSIONS[fmt]}"
+class KeyTaken(TransientFailure):
+    """The key already holds an image: stores never overwrite one."""
+
+
+def new_folder() -> str:
+    """A fresh random folder for one request's images."""
+    return secrets.token_hex(FOLDER_BYTES)
+
+
+def image_key(owner: str, folder: str, index: int, fmt: OutputFormat) -> str:
+    return f"images/{owner}/{folder}/{index}.{EXTENSIONS[fmt]}"
+
+
+def owner_of(key: str) -> str:
+    """The owner tag of a key; InvalidRequest for anything not of the shape the service makes."""
+    found = KEY_RE.fullmatch(key)
+    if found is None:
+        raise InvalidRequest("source_image.ref is not a key of an image this service stored "
+                             f"(expected {KEY_SHAPE})")
+    return found["owner"]
 
 
 def check_key(key: str) -> str:
-    if not KEY_RE.fullmatch(key):
-        raise InvalidRequest("source_image.ref is not a key of an image this service stored "
-                             "(expected images/<id>/<n>.<png|jpg|webp>)")
+    owner_of(key)
     return key
+
+
+def no_image(key: str) -> InvalidRequest:
+    """The one answer for a key that is missing or not the reader's: no way to tell which."""
+    return InvalidRequest(f"no stored image of yours under {key}")
 
 
 class ImageStore(Protocol):
     async def put(self, key: str, data: bytes, content_type: str) -> str:
-        """Store `data` under `key`; return the URL peers fetch it from."""
+        """Store `data` under a new `key`; return the URL peers fetch it from.
+
+        Raise KeyTaken when `key` already holds an image (it is never replaced)."""
         ...
 
     async def get(self, key: str, *, max_bytes: int) -> bytes:
@@ -62,7 +97,9 @@ class FileStore:
     async def put(self, key: str, data: bytes, content_type: str) -> str:
         path = self.path_of(key)
         try:
-            await asyncio.to_thread(_write_atomically, path, data)
+            await asyncio.to_thread(_write_once, path, data)
+        except FileExistsError:
+            raise KeyTaken(f"image store already holds {key}") from None
         except OSError as err:
             raise TransientFailure(f"image store unavailable: {err}") from err
         return f"{self._public}{key}" if self._public else path.as_uri()
@@ -72,7 +109,7 @@ class FileStore:
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            raise InvalidRequest(f"no stored image under {key}") from None
+            raise no_image(key) from None
         if size > max_bytes:
             raise InvalidRequest(f"stored image {key} is larger than {max_bytes} bytes")
         return await asyncio.to_thread(path.read_bytes)
@@ -81,16 +118,17 @@ class FileStore:
         return None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_once(path: Path, data: bytes) -> None:
+    """Write a temporary file, then link it as `path`: readers never see a partial image, and
+    the link fails (FileExistsError) when `path` exists, so nothing is ever replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
+        os.link(temporary, path)
+    finally:
         Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +139,15 @@ class S3Options:
     secret_access_key: str | None = None
 
 
+_TAKEN_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+
+
 class S3Store:
     """boto3 is imported here, not at the top: it costs ~25 MB in every process that never
-    stores images in S3."""
+    stores images in S3.
+
+    Writes are conditional (`If-None-Match: *`): S3 refuses a put to a key that exists
+    (412 PreconditionFailed, or 409 while another write to it is in progress)."""
 
     def __init__(self, bucket: str, prefix: str, options: S3Options, *,
                  public_base_url: str | None = None) -> None:
@@ -136,9 +180,13 @@ class S3Store:
         try:
             await asyncio.to_thread(
                 self._client.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data,
-                ContentType=content_type,
+                ContentType=content_type, IfNoneMatch="*",
                 Metadata={"sha256": hashlib.sha256(data).hexdigest()})
-        except (BotoCoreError, ClientError) as err:
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in _TAKEN_CODES:
+                raise KeyTaken(f"image store already holds {key}") from None
+            raise TransientFailure(f"image store unavailable: {err}") from err
+        except BotoCoreError as err:
             raise TransientFailure(f"image store unavailable: {err}") from err
         return self.url_of(key)
 
@@ -151,7 +199,7 @@ class S3Store:
                 self._client.get_object, Bucket=self.bucket, Key=self.prefix + key)
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise InvalidRequest(f"no stored image under {key}") from None
+                raise no_image(key) from None
             raise TransientFailure(f"image store unavailable: {err}") from err
         except BotoCoreError as err:
             raise TransientFailure(f"image store unavailable: {err}") from err
