@@ -11,7 +11,10 @@ from pydantic import ValidationError
 
 from llm_consumer.errors import InvalidRequest, TransientFailure
 from llm_consumer.identity import derive_key, owner_tag
-from llm_consumer.images.processing import OutputFormat
+from llm_consumer.images import service as service_module
+from llm_consumer.images.fetch import FetchPolicy, SourceFetcher
+from llm_consumer.images.processing import OutputFormat, decode
+from llm_consumer.images.service import Caller, ImageService
 from llm_consumer.images.storage import (
     KEY_RE,
     FileStore,
@@ -24,6 +27,7 @@ from llm_consumer.images.storage import (
     owner_of,
 )
 from llm_consumer.settings import Settings, describe_validation_error
+from tests.fakes.pictures import png
 from tests.images.conftest import S3Server
 
 DATA = b"\x89PNG fake bytes for storage tests"
@@ -173,3 +177,23 @@ def test_store_and_allowlist_settings_are_validated_at_start() -> None:
         with pytest.raises(ValidationError) as caught:
             Settings(**bad)  # type: ignore[arg-type]
         assert next(iter(bad)).upper() in describe_validation_error(caught.value)
+
+
+async def test_a_clash_moves_the_images_to_another_new_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forced here (128 random bits never repeat in practice): the second request draws the
+    first one's folder, the store refuses it, and its image goes to a second new folder."""
+    folders = iter(["a" * 32, "a" * 32, "b" * 32])
+    monkeypatch.setattr(service_module, "new_folder", lambda: next(folders))
+    service = ImageService(providers={}, default_provider="getimg", store=FileStore(tmp_path),
+                           fetcher=SourceFetcher(FetchPolicy()), owner_key=b"k" * 32)
+    caller = Caller(OWNER)
+    try:
+        [first] = await service.keep(caller, [decode(png(64, 64, "one"))], "png", ())
+        [second] = await service.keep(caller, [decode(png(64, 64, "two"))], "png", ())
+    finally:
+        await service.aclose()
+    assert first.key == f"images/{OWNER}/{'a' * 32}/0.png"
+    assert second.key == f"images/{OWNER}/{'b' * 32}/0.png"
+    assert hashlib.sha256((tmp_path / first.key).read_bytes()).hexdigest() == first.sha256
+    assert hashlib.sha256((tmp_path / second.key).read_bytes()).hexdigest() == second.sha256
