@@ -1,4 +1,10 @@
-"""Raw bytes from the broker to a validated envelope and data model, or a clear InvalidRequest."""
+"""Raw bytes from the broker to a validated envelope and data model, or a clear InvalidRequest.
+
+Whatever the body, `parse` returns or raises InvalidRequest with one line of at most
+MAX_ERROR_CHARS characters; `peek` never raises. A body nested deeper than MAX_JSON_DEPTH
+levels is refused here, so nothing downstream (orjson's encoder stops at 255 levels, the cache
+digest, the prompt fitting) ever walks a deeper tree.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,11 @@ from pydantic import BaseModel, ValidationError
 from llm_consumer.errors import InvalidRequest
 from llm_consumer.events.catalog import CONSUMED_TYPES, EVENTS, EventSpec
 from llm_consumer.events.envelope import Envelope
+from llm_consumer.events.requests import MAX_JSON_DEPTH
 
 MAX_REPORTED_ERRORS = 3
+MAX_ERROR_CHARS = 500
+_CONTAINERS = (dict, list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +51,48 @@ def describe(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
+def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` on one line (control characters as spaces), cut to `limit` characters."""
+    flat = "".join(" " if ch < " " or ch == "\x7f" else ch for ch in text)
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether arrays and objects nest more than `limit` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, _CONTAINERS) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
+    return False
+
+
 def _load(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        raw = orjson.loads(body)
     except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error):  # orjson's own limit (1024 levels)
+            raise InvalidRequest(
+                f"body nests JSON deeper than the {MAX_JSON_DEPTH}-level limit") from None
         raise InvalidRequest(f"body is not valid JSON: {error}") from None
+    # Fewer brackets than the limit cannot nest deeper: most bodies skip the walk.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and too_deep(raw):
+        raise InvalidRequest(f"body nests JSON deeper than the {MAX_JSON_DEPTH}-level limit")
+    return raw
 
 
 def parse(body: bytes, routing_key: str, *, max_bytes: int) -> Parsed:
+    """The validated request in `body`, or InvalidRequest with one short line saying why."""
+    try:
+        return _parse(body, routing_key, max_bytes=max_bytes)
+    except InvalidRequest as error:
+        raise InvalidRequest(one_line(error.message)) from None
+
+
+def _parse(body: bytes, routing_key: str, *, max_bytes: int) -> Parsed:
     if len(body) > max_bytes:
         raise InvalidRequest(f"message of {len(body)} bytes is over the {max_bytes}-byte limit")
     raw = _load(body)

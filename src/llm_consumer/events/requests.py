@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 4000
+# Caller text that reaches a text prompt is bounded here; `context` is bounded by the message
+# size (MAX_MESSAGE_BYTES), by MAX_JSON_DEPTH (enforced in events/parsing.py) and by fitting
+# to the model's window.
+MAX_THEME_PRESET_CHARS = 100
+MAX_THEME_FIELD_CHARS = 200
+MAX_LANGUAGE_PATTERNS = 20
+MAX_LANGUAGE_PATTERN_CHARS = 200
+MAX_JSON_DEPTH = 64
 
 
 class _Inbound(BaseModel):
@@ -42,16 +50,23 @@ class ImageKind(StrEnum):
 TEXT_TO_IMAGE_KINDS = frozenset({ImageKind.PORTRAIT, ImageKind.LOCATION, ImageKind.ITEM})
 
 
+LanguagePattern = Annotated[str, Field(max_length=MAX_LANGUAGE_PATTERN_CHARS)]
+
+
 class Theme(_Inbound):
-    """A text theme: a named preset and/or explicit fields that override it."""
+    """A text theme: a named preset and/or explicit fields that override it. It reaches the
+    model as quoted data describing the wanted style, never as instructions. Other fields are
+    ignored: they reach no prompt."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    preset: str | None = Field(None, max_length=100, examples=["dark-fantasy"])
-    genre: str | None = Field(None, max_length=200)
-    tone: str | None = Field(None, max_length=200)
-    style: str | None = Field(None, max_length=200)
-    language_patterns: list[str] | None = Field(None, max_length=20)
+    preset: str | None = Field(None, max_length=MAX_THEME_PRESET_CHARS,
+                               examples=["dark-fantasy"])
+    genre: str | None = Field(None, max_length=MAX_THEME_FIELD_CHARS)
+    tone: str | None = Field(None, max_length=MAX_THEME_FIELD_CHARS)
+    style: str | None = Field(None, max_length=MAX_THEME_FIELD_CHARS)
+    language_patterns: list[LanguagePattern] | None = Field(
+        None, max_length=MAX_LANGUAGE_PATTERNS,
+        description=f"at most {MAX_LANGUAGE_PATTERNS} items of at most "
+                    f"{MAX_LANGUAGE_PATTERN_CHARS} characters each")
 
 
 class ModelOptions(_Inbound):
@@ -64,7 +79,11 @@ class ContentRequested(_Inbound):
     """`content.requested`: generate text of one kind."""
 
     kind: ContentKind
-    context: dict[str, Any]
+    context: dict[str, Any] = Field(
+        description="the inputs of the kind, quoted to the model as data; bounded by the "
+                    f"message size (MAX_MESSAGE_BYTES) and by {MAX_JSON_DEPTH} levels of JSON "
+                    "nesting in the whole body; fitted to the model's context window (least "
+                    "important parts trimmed first), else refused with context_length_exceeded")
     theme: Theme | None = None
     model: ModelOptions | None = None
     stream: bool = False
