@@ -54,7 +54,8 @@ async def test_every_content_kind_round_trips(openai_service: Any, fake_openai: 
     [call] = fake_openai.chat_requests
     body = call.body
     assert body["response_format"]["json_schema"]["name"] == CONTENT_MODELS[kind].__name__
-    assert "dark fantasy" in body["messages"][0]["content"], "the theme reaches the prompt"
+    assert "dark fantasy" in body["messages"][1]["content"].split("<theme>", 1)[1], (
+        "the theme reaches the prompt, as quoted data in the user message")
     states = [e["data"]["state"] for e in result.events if e["type"] == catalog.JOB_STATUS]
     assert states == ["running", "completed"]
 

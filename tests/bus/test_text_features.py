@@ -118,8 +118,10 @@ async def test_every_theme_preset_reaches_the_prompt(openai_service: Any, fake_o
     result = await service.request("theme.apply", {
         "context": {"text": "The knight rode into town."}, "theme": {"preset": preset}})
     assert result.final["type"] == catalog.CONTENT_GENERATED
-    system = fake_openai.chat_requests[0].body["messages"][0]["content"]
-    assert theme_presets()[preset]["genre"] in system
+    system, user = (m["content"] for m in fake_openai.chat_requests[0].body["messages"])
+    # The theme is quoted data in the user message; the system message is the service's own.
+    assert theme_presets()[preset]["genre"] in user.split("<theme>", 1)[1]
+    assert theme_presets()[preset]["genre"] not in system
 
 
 async def test_custom_theme_fields_merge_over_the_preset(openai_service: Any,
@@ -127,9 +129,9 @@ async def test_custom_theme_fields_merge_over_the_preset(openai_service: Any,
     service: Service = await openai_service()
     await service.request("world.location", {**SHEET, "theme": {
         "preset": "nautical", "tone": "eerie and becalmed"}})
-    system = fake_openai.chat_requests[0].body["messages"][0]["content"]
-    assert "eerie and becalmed" in system and "nautical adventure" in system
-    assert "salt-sprayed" not in system
+    theme = fake_openai.chat_requests[0].body["messages"][1]["content"].split("<theme>", 1)[1]
+    assert "eerie and becalmed" in theme and "nautical adventure" in theme
+    assert "salt-sprayed" not in theme
 
 
 async def test_unknown_theme_preset_is_a_clear_failure(openai_service: Any) -> None:

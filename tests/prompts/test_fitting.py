@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import random
+import time
 
-from llm_consumer.prompts.fitting import Budget, ContextWindows, fit_context, serialize
-from llm_consumer.prompts.tokens import BpeCounter, EstimatedCounter, counter_for
+import pytest
+
+from llm_consumer.errors import PermanentFailure
+from llm_consumer.prompts.fitting import (
+    Budget,
+    ContextWindows,
+    Fitted,
+    fit_context,
+    fit_data,
+    serialize,
+)
+from llm_consumer.prompts.tokens import BpeCounter, EstimatedCounter, TokenCounter, counter_for
 
 O200K = counter_for("gpt-5-nano")
 
@@ -77,3 +88,91 @@ def test_a_prompt_that_fits_by_its_size_never_loads_the_tokenizer() -> None:
     fitted, report = fit_context(context, fixed_text="system prompt",
                                  budget=Budget(1500, counter, 900))
     assert counter._encoding is not None and report.exact_count
+
+
+_RNG = random.Random(3)
+WORDS = ["".join(_RNG.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(_RNG.randint(2, 9)))
+         for _ in range(4000)]
+
+
+def varied_words(chars: int, seed: int = 3) -> str:
+    """Text that compresses like prose: a few thousand distinct made-up words."""
+    rng = random.Random(seed)
+    return " ".join(rng.choices(WORDS, k=chars // 5))[:chars]
+
+
+FULL_THEME = {"preset": "dark-fantasy", "genre": "g" * 200, "tone": "t" * 200,
+              "style": "s" * 200, "language_patterns": ["pattern " * 25] * 20}
+
+
+def data_tokens(counter: TokenCounter, fitted: Fitted) -> int:
+    theme = counter.count(serialize(fitted.theme)) if fitted.theme is not None else 0
+    return counter.count(serialize(fitted.context)) + theme
+
+
+def test_theme_and_context_are_fitted_together() -> None:
+    context = {"name": "Mira", "class": "Rogue", "notes": varied_words(40_000)}
+    fixed = "x " * 300
+    fitted = fit_data(context, FULL_THEME, fixed_text=fixed, budget=Budget(4096, O200K, 700))
+    assert fitted.theme is not None
+    assert O200K.count(fixed) + data_tokens(O200K, fitted) + fitted.report.max_tokens <= 4096
+    assert fitted.report.max_tokens == 700
+    for key in ("preset", "genre", "tone", "style"):
+        assert fitted.theme[key] == FULL_THEME[key], "the theme's key fields are kept"
+    assert fitted.context["name"] == "Mira" and fitted.context["class"] == "Rogue"
+    # A window that cannot hold the whole theme next to the sheet trims the theme too.
+    small = fit_data({"name": "Mira"}, FULL_THEME, fixed_text=fixed,
+                     budget=Budget(1024, O200K, 700))
+    assert small.theme is not None and small.theme != FULL_THEME
+    assert O200K.count(fixed) + data_tokens(O200K, small) + small.report.max_tokens <= 1024
+    assert small.context == {"name": "Mira"} and small.theme["tone"] == FULL_THEME["tone"]
+
+
+def test_escaped_characters_are_counted_as_sent() -> None:
+    # Each "<" is sent as "\u003c": six characters. The fit counts the escaped text.
+    context = {"name": "Mira", "notes": "<>&" * 20_000}
+    for counter in (O200K, EstimatedCounter()):
+        fitted = fit_data(context, None, fixed_text="rules", budget=Budget(8192, counter, 900))
+        assert counter.count("rules") + data_tokens(counter, fitted) + 900 <= 8192
+        assert "notes" in fitted.context, "trimmed, not wiped"
+
+
+@pytest.mark.parametrize("counter", [O200K, EstimatedCounter()], ids=["o200k", "estimate"])
+def test_a_megabyte_of_words_fits_quickly(counter: TokenCounter) -> None:
+    context = {"name": "Mira", "notes": varied_words(900_000),
+               "journal": [varied_words(300, seed=i) for i in range(300)]}
+    started = time.perf_counter()
+    fitted = fit_data(context, FULL_THEME, fixed_text="rules",
+                      budget=Budget(8192, counter, 900))
+    elapsed = time.perf_counter() - started
+    assert fitted.report.original_tokens > 200_000
+    assert counter.count("rules") + data_tokens(counter, fitted) + 900 <= 8192
+    assert fitted.context["name"] == "Mira" and "notes" in fitted.context
+    assert elapsed < 10, f"fitting took {elapsed:.1f}s"
+
+
+def test_many_tiny_fields_fit_in_a_few_rounds() -> None:
+    context = {"name": "Mira", **{f"k{i}": "v" for i in range(60_000)}}
+    started = time.perf_counter()
+    fitted = fit_data(context, None, fixed_text="rules", budget=Budget(2048, O200K, 500))
+    assert time.perf_counter() - started < 5
+    assert O200K.count("rules") + data_tokens(O200K, fitted) + 500 <= 2048
+    assert fitted.context["name"] == "Mira" and len(fitted.context) > 10
+    assert len(fitted.report.actions) < 10
+
+
+def test_numbers_alone_are_cut_as_text() -> None:
+    # Numbers are never halved or dropped one by one: the context is cut as one text.
+    context = {f"k{i}": i for i in range(5_000)}
+    fitted = fit_data(context, None, fixed_text="rules", budget=Budget(1024, O200K, 500))
+    assert set(fitted.context) == {"truncated_context"}
+    assert fitted.report.actions[-1].startswith("cut the whole context to ")
+    assert O200K.count("rules") + data_tokens(O200K, fitted) + 256 <= 1024
+
+
+def test_a_window_too_small_for_the_services_own_text_is_refused() -> None:
+    with pytest.raises(PermanentFailure) as caught:
+        fit_data({"name": "Mira"}, None, fixed_text="word " * 2000,
+                 budget=Budget(1024, O200K, 500))
+    assert caught.value.code == "context_length_exceeded"
+    assert "1024-token window" in caught.value.message

@@ -7,10 +7,16 @@ types a request carries: prose, a JSON character sheet, lists and numbers, non-E
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
-from llm_consumer.prompts.tokens import EstimatedCounter, counter_for
+from llm_consumer.prompts.tokens import (
+    COUNT_PIECE_CHARS,
+    EstimatedCounter,
+    counter_for,
+    pieces,
+)
 
 SAMPLES = {
     "prose": "Mira Thornvale grew up in the alleys of Waterdeep, where she learned that a "
@@ -43,3 +49,21 @@ def test_estimate_is_an_upper_bound_of_smollm2(sample: str) -> None:
     text = SAMPLES[sample]
     exact = len(vocab.tokenize(text.encode(), add_bos=False))
     assert EstimatedCounter().count(text) >= exact
+
+
+def made_up_prose(chars: int) -> str:
+    rng = random.Random(5)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(5000)]
+    return " ".join(rng.choice(words) for _ in range(chars // 5))[:chars]
+
+
+def test_texts_over_the_tokenizers_limit_are_counted_in_pieces() -> None:
+    counter = counter_for("gpt-5-nano")
+    text = made_up_prose(900_000)  # about 400,000 tokens: bpe_openai refuses 200,000 at once
+    assert counter.count(text) > 200_000
+    below = text[:300_000]  # counted in pieces, yet exactly as the tokenizer counts it whole
+    assert len(pieces(below)) > 1
+    assert counter.count(below) == len(counter._encoding.encode_ordinary(below))
+    assert "".join(pieces(text)) == text
+    assert all(len(piece) <= COUNT_PIECE_CHARS for piece in pieces("x" * 100_001))

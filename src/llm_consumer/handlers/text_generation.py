@@ -23,7 +23,7 @@ from llm_consumer.prompts.builder import (
     system_message,
     user_message,
 )
-from llm_consumer.prompts.fitting import fit_context, serialize
+from llm_consumer.prompts.fitting import fit_data, serialize
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
 
 log = structlog.get_logger(__name__)
@@ -82,18 +82,26 @@ def _job(request: Request, deps: Deps, provider: TextProvider,
     models = provider.models_for(options.name if options else None)
     desired = options.max_tokens if options and options.max_tokens else template.max_tokens
     budget = deps.windows.budget_for(models, desired)
-    system = system_message(resolve_theme(data.theme))
+    resolved = resolve_theme(data.theme)
+    theme = (resolved.as_data() if resolved else None) or None
+    # Only the service's text is instructions; the theme and the context are quoted data,
+    # fitted to the window together.
     schema = _schema(model)
-    fixed = system + user_message(template.instruction, "") + orjson.dumps(schema).decode()
-    context, report = fit_context(data.context, fixed_text=fixed, budget=budget,
-                                  keep=frozenset(template.required_context))
+    fixed = (system_message(with_theme=theme is not None)
+             + user_message(template.instruction, "", "" if theme else None)
+             + orjson.dumps(schema).decode())
+    fitted = fit_data(data.context, theme, fixed_text=fixed, budget=budget,
+                      keep=frozenset(template.required_context))
+    system = system_message(with_theme=fitted.theme is not None)
+    report = fitted.report
     if report.actions:
         log.info("context.fitted", window=budget.window, original_tokens=report.original_tokens,
                  fitted_tokens=report.fitted_tokens, saved_tokens=report.saved_tokens,
                  exact=report.exact_count, steps=len(report.actions))
     return TextJob(
         system=system,
-        user=user_message(template.instruction, serialize(context)),
+        user=user_message(template.instruction, serialize(fitted.context),
+                          serialize(fitted.theme) if fitted.theme is not None else None),
         schema_name=model.__name__,
         schema=schema,
         model=options.name if options else None,

@@ -1,21 +1,29 @@
-"""Fit an oversized context into a model's window: trim and compress the least important parts
-first, then allocate `max_tokens` from what is left.
+"""Fit a request's data (its context and its theme, together) into a model's window: trim and
+compress the least important parts first, then allocate `max_tokens` from what is left.
 
-Importance: the fields a kind cannot do without (`required_context`) and the short identity
-fields of a sheet (name, race, class, ...) are kept longest; long free text and lists elsewhere
-go first. Each step halves the largest remaining leaf (keeping its head and tail) or drops it
-once it is small, so the loop ends after a few dozen steps even for a 200,000-character context.
+Importance: the fields a kind cannot do without (`required_context`), the short identity fields
+of a sheet (name, race, class, ...) and the theme's genre, tone and style are kept longest;
+long free text and lists elsewhere (the theme's language patterns included) go first. Each
+round shortens the largest remaining leaves by what the excess needs, at most by half (a string
+keeps its head and tail, a list its first items), or drops them once small. A huge context is
+first cut by its size alone (counting the tokens of a megabyte costs ~0.2 s), then by token
+counts; after MAX_ROUNDS the context is cut as one text. When even the service's own text
+leaves no room for an answer, the request is refused with `context_length_exceeded`: a prompt
+over the window is never sent.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from llm_consumer.errors import PermanentFailure
 from llm_consumer.prompts.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter, counter_for
 
 KEY_FIELDS = frozenset({
@@ -23,12 +31,21 @@ KEY_FIELDS = frozenset({
     "title", "summary", "setting", "theme", "current_theme", "target_theme", "elements",
     "location", "npcs", "situation", "item", "type", "rarity",
 })
+KEY_THEME_FIELDS = frozenset({"preset", "genre", "tone", "style"})
+CONTEXT, THEME = "context", "theme"
 MIN_ANSWER_TOKENS = 256
 SAFETY_TOKENS = 64
 DROP_BELOW_CHARS = 48
-MAX_STEPS = 400
+MAX_ROUNDS = 100
+# No tokenizer puts more characters than this in a token of ordinary text: shrinking by size to
+# `limit * COARSE_CHARS_PER_TOKEN` characters never cuts what exact counting would keep.
+COARSE_CHARS_PER_TOKEN = 8
 ELLIPSIS = " […] "
 _SPACES = re.compile(r"\s+")
+_ESCAPES = ((b"&", b"\\u0026"), (b"<", b"\\u003c"), (b">", b"\\u003e"))
+
+Path = tuple[Any, ...]
+Count = Callable[[str], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,50 +68,121 @@ class FitReport:
         return self.original_tokens - self.fitted_tokens
 
 
-def serialize(context: Any) -> str:
-    return orjson.dumps(context, option=orjson.OPT_SORT_KEYS).decode()
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    context: dict[str, Any]
+    theme: dict[str, Any] | None
+    report: FitReport
+
+
+def serialize(data: Any) -> str:
+    """`data` as compact JSON (sorted keys) with `&`, `<` and `>` written as `\\u0026`,
+    `\\u003c`, `\\u003e`: the same JSON value, but text that can never form a tag such as
+    `</context>`. JSON has these characters only inside strings, where the escapes are valid."""
+    raw = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    for char, escaped in _ESCAPES:
+        if char in raw:
+            raw = raw.replace(char, escaped)
+    return raw.decode()
 
 
 def fit_context(context: dict[str, Any], *, fixed_text: str, budget: Budget,
                 keep: frozenset[str] = frozenset()) -> tuple[dict[str, Any], FitReport]:
     """Shrink `context` until prompt (fixed text + context) leaves room for the answer."""
-    if budget.counter.exact and (fits := _fits_by_size(context, fixed_text, budget)):
-        return context, fits
+    fitted = fit_data(context, None, fixed_text=fixed_text, budget=budget, keep=keep)
+    return fitted.context, fitted.report
+
+
+def fit_data(context: dict[str, Any], theme: dict[str, Any] | None, *, fixed_text: str,
+             budget: Budget, keep: frozenset[str] = frozenset()) -> Fitted:
+    """Shrink `context` and `theme` together until the prompt (fixed text + both, as
+    `serialize` writes them) leaves room for the answer. Raises PermanentFailure
+    `context_length_exceeded` when the fixed text alone leaves none."""
+    root: dict[str, Any] = {CONTEXT: context} if theme is None else {CONTEXT: context,
+                                                                     THEME: theme}
+    if budget.counter.exact and (fits := _fits_by_size(root, fixed_text, budget)):
+        return Fitted(context, theme, fits)
     count = budget.counter.count
     fixed = count(fixed_text) + 2 * MESSAGE_OVERHEAD_TOKENS + SAFETY_TOKENS
+    if fixed + MIN_ANSWER_TOKENS > budget.window:
+        raise _too_long(f"the service's own prompt needs {fixed} tokens", budget.window)
     answer = min(budget.desired_answer, max(MIN_ANSWER_TOKENS, budget.window // 4))
-    limit = budget.window - fixed - answer
-    original = count(serialize(context))
+    limit = max(budget.window - fixed - answer, 0)
+    original = count(serialize(root))
     report = FitReport(original + fixed, original + fixed, 0, budget.counter.exact)
-    fitted, tokens = context, original
+    tokens = original
     if tokens > limit:
-        fitted = _normalize(copy.deepcopy(context))
-        report.actions.append("collapsed whitespace")
-        tokens = count(serialize(fitted))
-        important = KEY_FIELDS | keep
-        for _ in range(MAX_STEPS):
-            if tokens <= limit:
-                break
-            action = _shrink_once(fitted, important) or _shrink_once(fitted, frozenset())
-            if action is None:
-                break
-            report.actions.append(action)
-            tokens = count(serialize(fitted))
-        if tokens > limit:  # nothing left to trim but the structure itself
-            fitted = {"truncated_context": serialize(fitted)[: max(limit, 0) * 2]}
-            report.actions.append("cut the whole context")
-            tokens = count(serialize(fitted))
+        root, tokens = _shrink(root, limit, count, report,
+                               _protected(keep, with_theme=theme is not None))
+    if tokens > limit:
+        raise _too_long(f"the data still needs {tokens} tokens after fitting", budget.window)
     report.fitted_tokens = tokens + fixed
     report.max_tokens = max(MIN_ANSWER_TOKENS,
                             min(budget.desired_answer, budget.window - report.fitted_tokens))
-    return fitted, report
+    return Fitted(root[CONTEXT], root.get(THEME), report)
 
 
-def _fits_by_size(context: dict[str, Any], fixed_text: str, budget: Budget) -> FitReport | None:
+def _too_long(why: str, window: int) -> PermanentFailure:
+    return PermanentFailure(f"the request does not fit the model's {window}-token window: {why}",
+                            code="context_length_exceeded")
+
+
+def _protected(keep: frozenset[str], *, with_theme: bool) -> frozenset[Path]:
+    paths = {(CONTEXT, name) for name in KEY_FIELDS | keep}
+    if with_theme:
+        paths |= {(THEME, name) for name in KEY_THEME_FIELDS}
+    return frozenset(paths)
+
+
+def _shrink(root: dict[str, Any], limit: int, count: Count, report: FitReport,
+            important: frozenset[Path]) -> tuple[dict[str, Any], int]:
+    """(the shrunk copy of `root`, its token count): at most `limit` tokens when possible."""
+    fitted: dict[str, Any] = _normalize(copy.deepcopy(root))
+    report.actions.append("collapsed whitespace")
+    rounds = 0
+    size_limit = limit * COARSE_CHARS_PER_TOKEN
+    while rounds < MAX_ROUNDS and (size := len(serialize(fitted))) > size_limit:
+        rounds += 1
+        if not _shrink_round(fitted, important, size - size_limit, report):
+            break
+    text = serialize(fitted)
+    tokens = count(text)
+    while rounds < MAX_ROUNDS and tokens > limit:
+        rounds += 1
+        excess_chars = math.ceil((tokens - limit) * len(text) / tokens)
+        if not _shrink_round(fitted, important, excess_chars, report):
+            break
+        text = serialize(fitted)
+        tokens = count(text)
+    if tokens > limit:  # nothing left to trim but the structure itself
+        tokens = _cut_as_text(fitted, limit, count, report)
+    return fitted, tokens
+
+
+def _cut_as_text(root: dict[str, Any], limit: int, count: Count, report: FitReport) -> int:
+    """Replace the context by a prefix of its JSON text, shorter until the data fits; drop the
+    theme when even an empty context does not leave it room."""
+    text = serialize(root[CONTEXT])
+    keep = min(len(text), limit * 2)
+    while True:
+        root[CONTEXT] = {"truncated_context": text[:keep]}
+        tokens = count(serialize(root))
+        if tokens <= limit or keep == 0:
+            break
+        keep = keep * limit // (tokens + 1)  # proportionally shorter, strictly decreasing
+    report.actions.append(f"cut the whole context to {keep} characters")
+    if tokens > limit and THEME in root:
+        del root[THEME]
+        report.actions.append("dropped the theme")
+        tokens = count(serialize(root))
+    return tokens
+
+
+def _fits_by_size(root: dict[str, Any], fixed_text: str, budget: Budget) -> FitReport | None:
     """Every token of a byte-level BPE covers at least one byte, so the UTF-8 size bounds the
     exact count from above. When even that bound leaves the whole answer budget, nothing is
     cut and the tokenizer is not needed (nor loaded: it costs ~130 MB)."""
-    upper = (len(fixed_text.encode()) + len(serialize(context).encode())
+    upper = (len(fixed_text.encode()) + len(serialize(root).encode())
              + 2 * MESSAGE_OVERHEAD_TOKENS + SAFETY_TOKENS)
     if budget.window - upper < budget.desired_answer:
         return None
@@ -111,47 +199,85 @@ def _normalize(node: Any) -> Any:
     return node
 
 
-def _leaves(node: Any, path: tuple[Any, ...], protected: frozenset[str],
-            found: list[tuple[int, tuple[Any, ...]]]) -> None:
-    """Collect (size, path) of every string or list not under a protected top-level key."""
-    if path and isinstance(path[0], str) and path[0] in protected:
-        return
-    if isinstance(node, dict):
-        for key, value in node.items():
-            _leaves(value, (*path, key), protected, found)
-        return
-    # A one-item list is not a candidate itself: its item is (halved rather than dropped).
-    if isinstance(node, str) or (isinstance(node, list) and len(node) > 1):
-        found.append((len(serialize(node)), path))
-    if isinstance(node, list):
-        for index, value in enumerate(node):
-            if isinstance(value, dict | list | str):
-                _leaves(value, (*path, index), protected, found)
+def _sized(node: Any, path: Path, open_: bool, protected: frozenset[Path],
+           found: list[tuple[int, Path]]) -> int:
+    """The size of `node` as `serialize` writes it (about: scalars and key quoting are
+    approximate); collects (size, path) of every string, and every list of more than one item,
+    not under a protected path. A one-item list is not a candidate: its item is."""
+    open_ = open_ and path not in protected
+    if isinstance(node, str):
+        size = len(node) + 2 + 5 * (node.count("<") + node.count(">") + node.count("&"))
+    elif isinstance(node, dict):
+        return 2 + sum(len(str(key)) + 4 + _sized(value, (*path, key), open_, protected, found)
+                       for key, value in node.items())
+    elif isinstance(node, list):
+        size = 1 + sum(1 + _sized(value, (*path, index), open_, protected, found)
+                       for index, value in enumerate(node))
+        if len(node) < 2:
+            return size
+    else:
+        return len(str(node))
+    if open_:
+        found.append((size, path))
+    return size
 
 
-def _shrink_once(root: dict[str, Any], protected: frozenset[str]) -> str | None:
-    found: list[tuple[int, tuple[Any, ...]]] = []
-    _leaves(root, (), protected, found)
+def _shrink_round(root: dict[str, Any], protected: frozenset[Path], excess_chars: int,
+                  report: FitReport) -> bool:
+    """Halve (or drop, when small) the largest leaves outside `protected` until about
+    `excess_chars` are freed; the protected ones only when nothing else is left. One walk of
+    the tree per round, so a context of many small fields costs a few walks, not thousands."""
+    found: list[tuple[int, Path]] = []
+    _sized(root, (), True, protected, found)
     if not found:
-        return None
-    size, path = max(found, key=lambda item: item[0])
-    parent = root
-    for step in path[:-1]:
-        parent = parent[step]
-    last = path[-1]
-    value = parent[last]
-    where = ".".join(str(p) for p in path)
-    if size < DROP_BELOW_CHARS:
-        del parent[last]
-        return f"dropped {where}"
+        _sized(root, (), True, frozenset(), found)
+    if not found:
+        return False
+    found.sort(key=lambda item: item[0], reverse=True)
+    chosen: list[tuple[Path, int]] = []  # (path, characters to cut; 0: drop it)
+    freed = 0
+    for size, path in found:
+        if freed >= excess_chars:
+            break
+        if size < DROP_BELOW_CHARS:
+            chosen.append((path, 0))
+            # A dropped object member frees its key too; a dropped list item its comma.
+            key = path[-1]
+            freed += size + (len(key) + 4 if isinstance(key, str) else 1)
+        else:
+            cut = min(size // 2, max(excess_chars - freed, DROP_BELOW_CHARS))
+            chosen.append((path, cut))
+            freed += cut
+    # Descendants before ancestors and later list items before earlier ones: every path
+    # still leads where it did when it was collected.
+    chosen.sort(key=lambda item: item[0], reverse=True)
+    shortened = dropped = 0
+    for path, cut in chosen:
+        parent: Any = root
+        for step in path[:-1]:
+            parent = parent[step]
+        last = path[-1]
+        if cut:
+            parent[last] = _shorten(parent[last], cut)
+            shortened += 1
+        else:
+            del parent[last]
+            dropped += 1
+    largest = ".".join(str(p) for p in found[0][1])
+    report.actions.append(f"shortened {shortened} and dropped {dropped} (largest: {largest})")
+    return True
+
+
+def _shorten(value: str | list[Any], cut: int) -> str | list[Any]:
+    """`value` about `cut` characters shorter, at most by half: a string keeps its head and
+    tail around an ellipsis, a list its first items."""
     if isinstance(value, str):
-        keep = len(value) // 2
+        keep = max(len(value) - cut - len(ELLIPSIS), len(value) // 2)
         head = (keep * 2) // 3
-        parent[last] = value[:head] + ELLIPSIS + value[len(value) - (keep - head):]
-        return f"halved {where}"
-    half = len(value) // 2
-    parent[last] = value[:half]
-    return f"kept {half} of {len(value)} items of {where}"
+        return value[:head] + ELLIPSIS + value[len(value) - (keep - head):]
+    size = sum(len(serialize(item)) + 1 for item in value)
+    drop = math.ceil(len(value) * cut / max(size, 1))
+    return value[: max(len(value) - drop, len(value) // 2)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,10 @@ LETTERS_PER_TOKEN = 3.0
 NON_ASCII_TOKENS = 1.6
 ESTIMATE_MARGIN = 1.1
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each chat message
+# bpe_openai refuses to encode more than 200,000 tokens at once. A character is at most 4 UTF-8
+# bytes and a token at least one byte, so a piece of this many characters is always below it.
+COUNT_PIECE_CHARS = 40_000
+SPLIT_LOOKBACK_CHARS = 2_000
 _LETTER = re.compile(r"[A-Za-z]")
 _ONE_TOKEN = re.compile(r"\d|\s(?=\d)|[^\sA-Za-z\d\x80-\U0010ffff]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
@@ -46,9 +50,26 @@ class EstimatedCounter:
         return math.ceil(tokens * ESTIMATE_MARGIN)
 
 
+def pieces(text: str, size: int = COUNT_PIECE_CHARS) -> list[str]:
+    """`text` in pieces of at most `size` characters, cut before whitespace when there is some
+    near the end of a piece (so a word is not split and the counts add up as for the whole)."""
+    out: list[str] = []
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        space = max(text.rfind(" ", end - SPLIT_LOOKBACK_CHARS, end),
+                    text.rfind("\n", end - SPLIT_LOOKBACK_CHARS, end))
+        end = space if space > start else end
+        out.append(text[start:end])
+        start = end
+    out.append(text[start:])
+    return out
+
+
 class BpeCounter:
     """OpenAI's tokenizer, loaded at the first count (it costs ~130 MB of memory, and most
-    prompts fit without one: see fitting._fits_by_size)."""
+    prompts fit without one: see fitting._fits_by_size). Long texts are counted in pieces:
+    the tokenizer refuses inputs of more than 200,000 tokens."""
 
     exact = True
 
@@ -61,7 +82,9 @@ class BpeCounter:
             import bpe_openai  # type: ignore[import-untyped]
 
             self._encoding = bpe_openai.get_encoding(self._name)
-        return len(self._encoding.encode_ordinary(text))
+        if len(text) <= COUNT_PIECE_CHARS:
+            return len(self._encoding.encode_ordinary(text))
+        return sum(len(self._encoding.encode_ordinary(piece)) for piece in pieces(text))
 
 
 @cache
