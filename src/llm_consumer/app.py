@@ -92,7 +92,9 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         topology = build_topology(settings.queue_prefix, settings.hub_exchange,
-                                  dead_letter_max_length=settings.dead_letter_max_length)
+                                  dead_letter_max_length=settings.dead_letter_max_length,
+                                  queue_type=settings.queue_type,
+                                  delivery_limit=settings.delivery_limit)
         hub, dlx = await declare_topology(connection, channel, topology)
         notice_channel = await connection.channel(publisher_confirms=False)
         notices = await notice_channel.get_exchange(topology.hub_exchange, ensure=False)

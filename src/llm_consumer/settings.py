@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(20.0, ge=0)
     dead_letter_max_length: int = Field(
         100_000, ge=1, description="bound of the dead-letter queue; past it, dead letters park")
+    # Cluster (README "Running on a cluster")
+    queue_type: Literal["classic", "quorum"] = Field(
+        "classic", description="type of every durable queue the service declares")
+    delivery_limit: int = Field(
+        5, ge=1, le=1000, description="quorum queues: deliveries before a message is dead-lettered")
 
     # Redis
     redis_url: str = "redis://localhost:6379/0"

@@ -10,7 +10,10 @@ The outcome for each object is one of: it matches (or did not exist and is now d
 adopted, with a warning, because the difference is known to be harmless; or start-up stops with
 one `TopologyConflict` line naming the object, what it has and what the service expects.
 Adopted: a queue found with one of its spec's `adoptable` argument sets (the unbounded
-dead-letter queue of earlier versions) and an exchange whose type and flags match but whose
+dead-letter queue of earlier versions), a queue that differs only in how it is replicated or
+ends poison messages (its spec's `tolerated` arguments: an operator's pre-declared quorum queue,
+another delivery limit), never one that is less replicated than QUEUE_TYPE asks (a classic
+queue where quorum is wanted), and an exchange whose type and flags match but whose
 arguments differ (for example a platform hub with an `alternate-exchange`).
 """
 
@@ -59,6 +62,7 @@ class Declaration:
     flags: dict[str, object]
     arguments: dict[str, object]
     adoptable: tuple[dict[str, object], ...] = field(default=())
+    tolerated: frozenset[str] = field(default=frozenset())
 
     def with_value(self, name: str, value: object) -> Declaration:
         target = dict(self.flags if name in FLAGS else self.arguments)
@@ -92,7 +96,7 @@ def declarations(topology: Topology) -> list[Declaration]:
 
 def _queue(spec: QueueSpec) -> Declaration:
     return Declaration("queue", spec.name, "QUEUE_PREFIX", {"durable": True},
-                       dict(spec.arguments), spec.adoptable)
+                       dict(spec.arguments), spec.adoptable, spec.tolerated)
 
 
 async def check_topology(connection: AbstractConnection, topology: Topology) -> frozenset[str]:
@@ -146,12 +150,24 @@ def _adoptable(wanted: Declaration, differences: Iterable[Difference]) -> bool:
         return False
     if wanted.kind == "exchange":
         return True
+    if _tolerated(wanted, differences):
+        return True
     found = dict(wanted.arguments)
     for difference in differences:
         found.pop(difference.name, None)
         if difference.found is not None:
             found[difference.name] = difference.found
     return found in wanted.adoptable
+
+
+def _tolerated(wanted: Declaration, differences: Iterable[Difference]) -> bool:
+    """Only replication arguments differ, and the queue found is a quorum queue whenever the
+    service wants one (a classic queue found then would silently drop the replication)."""
+    found = list(differences)
+    if not found or any(d.name not in wanted.tolerated for d in found):
+        return False
+    return all(d.found == "quorum" for d in found
+               if d.name == "x-queue-type" and d.expected == "quorum")
 
 
 def describe(wanted: Declaration, differences: list[Difference]) -> str:
