@@ -21,7 +21,7 @@ from llm_consumer.events.requests import MAX_JSON_DEPTH
 
 MAX_REPORTED_ERRORS = 3
 MAX_ERROR_CHARS = 500
-_CONTAINERS = (dict, list)
+_CONTAINERS = frozenset({dict, list})  # what orjson.loads builds
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +58,19 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 
 def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether arrays and objects nest more than `limit` levels (iterative: no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, _CONTAINERS) else []
+    """Whether arrays and objects nest more than `limit` levels (iterative: no recursion;
+    empty containers are never stacked, so a body of many `[]` costs one pass)."""
+    if type(value) not in _CONTAINERS:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, _CONTAINERS):
-                stack.append((child, depth + 1))
+        for child in node.values() if type(node) is dict else node:
+            if type(child) in _CONTAINERS:
+                if depth >= limit:
+                    return True
+                if child:
+                    stack.append((child, depth + 1))
     return False
 
 
