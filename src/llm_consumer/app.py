@@ -23,6 +23,7 @@ from llm_consumer import metrics
 from llm_consumer.auth import TokenVerifier
 from llm_consumer.bus.consumer import Consumer, ConsumerConfig
 from llm_consumer.bus.declare import check_topology
+from llm_consumer.bus.nodes import connect_nodes
 from llm_consumer.bus.publisher import Publisher
 from llm_consumer.bus.topology import Topology, build_topology
 from llm_consumer.events.envelope import new_event
@@ -85,8 +86,8 @@ async def declare_topology(connection: AbstractRobustConnection, channel: Abstra
 
 @asynccontextmanager
 async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
-    connection = await aio_pika.connect_robust(
-        str(settings.message_hub_url),
+    connection = await connect_nodes(
+        settings.message_hub_nodes,
         client_properties={"connection_name": f"llm-consumer {settings.instance_id}"},
     )
     try:

@@ -15,6 +15,7 @@ import pydantic_settings
 from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from llm_consumer.bus.nodes import parse_nodes
 from llm_consumer.events.requests import ContentKind, ImageKind
 from llm_consumer.store.limits_config import parse_model_rates, parse_rate
 
@@ -48,7 +49,9 @@ class Settings(BaseSettings):
                                       env_ignore_empty=True)
 
     # Message Hub
-    message_hub_url: AnyUrl = AnyUrl("amqp://guest:guest@localhost:5672/")
+    message_hub_url: str = Field(
+        "amqp://guest:guest@localhost:5672/",
+        description="one node, or several: a comma list of URLs or amqp://u:p@h1:5672,h2:5672/vhost")
     hub_exchange: str = Field("hub", min_length=1)
     queue_prefix: str = "llm."
     event_source: str = "/llm-service"
@@ -185,10 +188,14 @@ class Settings(BaseSettings):
 
     @field_validator("message_hub_url")
     @classmethod
-    def _amqp_scheme(cls, value: AnyUrl) -> AnyUrl:
-        if value.scheme not in ("amqp", "amqps"):
-            raise ValueError("must be an amqp:// or amqps:// URL")
+    def _amqp_nodes(cls, value: str) -> str:
+        parse_nodes(value)  # raises InvalidNodes, a ValueError: one line
         return value
+
+    @property
+    def message_hub_nodes(self) -> tuple[str, ...]:
+        """Every broker node's URL (bus/nodes.py), in the order MESSAGE_HUB_URL gives them."""
+        return parse_nodes(self.message_hub_url)
 
     @field_validator(*RATE_FIELDS)
     @classmethod
