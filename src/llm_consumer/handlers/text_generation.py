@@ -3,6 +3,7 @@ and repair it once when it does not parse or match the schema."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Generic, TypeVar
@@ -29,6 +30,7 @@ from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, Tex
 log = structlog.get_logger(__name__)
 ContentT = TypeVar("ContentT", bound=BaseModel)
 REFUSAL_MARKERS = ("i'm sorry", "i cannot", "i can't", "as an ai", "i am unable")
+OFF_LOOP_BYTES = 64_000  # a context this large is fitted on a worker thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +112,23 @@ def _job(request: Request, deps: Deps, provider: TextProvider,
     )
 
 
+async def _prepared_job(request: Request, deps: Deps, provider: TextProvider,
+                        model: type[BaseModel]) -> TextJob:
+    """`_job`, on a worker thread for a large context: fitting a megabyte takes from a fraction
+    of a second to seconds (the embedded model's tokenizer), and the event loop must keep
+    serving the other requests meanwhile."""
+    data = request.data
+    assert isinstance(data, ContentRequested)
+    if len(orjson.dumps(data.context)) < OFF_LOOP_BYTES:
+        return _job(request, deps, provider, model)
+    return await asyncio.to_thread(_job, request, deps, provider, model)
+
+
 async def generate(request: Request, deps: Deps, model: type[ContentT]) -> Generated[ContentT]:
     provider = deps.text
     if provider is None:
         raise PermanentFailure("no text provider is configured", code="no_provider")
-    job = _job(request, deps, provider, model)
+    job = await _prepared_job(request, deps, provider, model)
     assert isinstance(request.data, ContentRequested)
     sink: StreamSink | None = ProgressSink(request) if request.data.stream else None
     completion = await provider.complete(job, sink)

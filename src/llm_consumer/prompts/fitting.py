@@ -108,10 +108,13 @@ def fit_data(context: dict[str, Any], theme: dict[str, Any] | None, *, fixed_tex
         raise _too_long(f"the service's own prompt needs {fixed} tokens", budget.window)
     answer = min(budget.desired_answer, max(MIN_ANSWER_TOKENS, budget.window // 4))
     limit = max(budget.window - fixed - answer, 0)
-    original = count(serialize(root))
-    report = FitReport(original + fixed, original + fixed, 0, budget.counter.exact)
-    tokens = original
-    if tokens > limit:
+    text = serialize(root)
+    # Data its size alone shows to be over is not counted whole (a megabyte costs up to
+    # seconds with the embedded model's tokenizer): its original size is reported as chars / 4.
+    over_by_size = len(text) > limit * COARSE_CHARS_PER_TOKEN
+    tokens = math.ceil(len(text) / 4) if over_by_size else count(text)
+    report = FitReport(tokens + fixed, tokens + fixed, 0, budget.counter.exact)
+    if over_by_size or tokens > limit:
         root, tokens = _shrink(root, limit, count, report,
                                _protected(keep, with_theme=theme is not None))
     if tokens > limit:
