@@ -5,7 +5,9 @@ what a peer needs to fetch and verify it (url, key, size, sha256) and the qualit
 
 Every provider call is paid from the request's call budget (`Request.calls`, capped across the
 message's attempts) right before it is made, counted as the HTTP calls it really costs. An
-attempt whose whole plan does not fit in what is left fails before its first call.
+attempt whose whole plan does not fit in what is left fails before its first call. The largest
+attempt: `count` 4 with both enhance steps, 4 + 4 x 2 = 12 calls on GetImg, 1 + 4 x 2 = 9 on
+OpenAI (variations: 1 + 4 x 2; enhance: 2).
 """
 
 from __future__ import annotations
