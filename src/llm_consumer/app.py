@@ -118,6 +118,8 @@ def build_text_provider(settings: Settings, observe: HeaderObserver | None = Non
             observe=observe,
         )
     return LocalTextProvider(settings.local_model_path, n_threads=settings.local_model_threads)
+            structured_output=settings.openai_structured_output,
+            token_limit_param=settings.openai_token_limit_param,
 
 
 def build_image_service(settings: Settings) -> ImageService:

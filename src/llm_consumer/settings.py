@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     openai_image_timeout: float = Field(120.0, gt=0, description="seconds; images are slow")
     image_store_url: str = "file://./data/images"
     image_public_base_url: str | None = Field(
+    # How calls are phrased for the server at OPENAI_BASE_URL: `auto` learns it from the
+    # server's first refusal (remembered per base URL and model in this process); a value pins it.
+    openai_structured_output: Literal[
+        "auto", "json_schema", "json_object_schema", "json_object", "text"] = "auto"
+    openai_token_limit_param: Literal["auto", "max_completion_tokens", "max_tokens"] = "auto"
         None, description="URL prefix under which peers fetch stored keys (CDN, public bucket)")
     s3_endpoint_url: AnyUrl | None = Field(None, description="MinIO or another S3-compatible API")
     s3_region: str | None = None

@@ -8,6 +8,11 @@ It runs on 127.0.0.1 with an ephemeral port inside the test's event loop (aiohtt
 Scripted responses are served in order; once the script is empty `server.responder` (when set)
 chooses per request from its body, and otherwise a default responder answers with an instance of
 the request's `response_format.json_schema.schema` (see `sample_for_schema`).
+
+Before any of that, the server refuses what OpenAI's API refuses (`openai_refusal`): a
+non-default temperature or `max_tokens` on reasoning models (gpt-5, o-series), `json_schema` on
+models without structured outputs, a strict schema that is not strict, `json_object` without the
+word JSON in the messages. `FakeOpenAI(refuse_like_openai=False)` turns that off.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     break_after_chunks: int | None = None  # streaming only: drop the connection after N events
     chunk_count: int = 4  # streaming only: how many content deltas to split the text into
+    # streaming only: end with [DONE] but no finish_reason (nor usage), as llama-cpp-python's
+    # server does to a stream that a newer request interrupts
+    interrupted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +160,43 @@ def invalid_request(message: str = "Invalid value for 'temperature'.") -> ErrorR
     return ErrorReply(400, message, "invalid_request_error", param="temperature")
 
 
+def unsupported_value(param: str, value: object) -> ErrorReply:
+    """What OpenAI answers to e.g. temperature=0.3 on gpt-5 models."""
+    return ErrorReply(
+        400,
+        f"Unsupported value: '{param}' does not support {value} with this model. Only the "
+        "default (1) value is supported.",
+        "invalid_request_error",
+        code="unsupported_value",
+        param=param,
+    )
+
+
+def unsupported_parameter(param: str, instead: str | None = None) -> ErrorReply:
+    hint = f" Use '{instead}' instead." if instead else ""
+    return ErrorReply(
+        400,
+        f"Unsupported parameter: '{param}' is not supported with this model.{hint}",
+        "invalid_request_error",
+        code="unsupported_parameter",
+        param=param,
+    )
+
+
+def llama_cpp_validation_error() -> ErrorReply:
+    """llama-cpp-python's server (0.3.16) on `response_format: json_schema`: FastAPI's request
+    validation error wrapped as a 500, with the server's file path and line in the message."""
+    return ErrorReply(
+        500,
+        "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+        "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
+        "'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  File "
+        '"/srv/venv/lib/python3.11/site-packages/llama_cpp/server/app.py", line 494, in '
+        "create_chat_completion\n    POST /v1/chat/completions",
+        "internal_server_error",
+    )
+
+
 def invalid_api_key() -> ErrorReply:
     return ErrorReply(
         401,
@@ -160,6 +205,76 @@ def invalid_api_key() -> ErrorReply:
         "invalid_request_error",
         code="invalid_api_key",
     )
+
+
+# --------------------------------------------------------------------------- OpenAI's refusals
+
+REASONING_FAMILIES = ("gpt-5", "o1", "o3", "o4")
+NO_STRUCTURED_OUTPUTS = ("gpt-3.5-turbo", "gpt-4-turbo", "gpt-4-0613", "gpt-4-32k")
+
+
+def openai_refusal(body: Mapping[str, Any]) -> ErrorReply | None:
+    """The 400 OpenAI's API answers to this body, or None when it accepts it."""
+    model = str(body.get("model", "")).lower()
+    reasoning = model.startswith(REASONING_FAMILIES)
+    if reasoning and "max_tokens" in body:
+        return unsupported_parameter("max_tokens", "max_completion_tokens")
+    temperature = body.get("temperature")
+    if reasoning and temperature is not None and temperature != 1:
+        return unsupported_value("temperature", temperature)
+    if body.get("stream_options") is not None and not body.get("stream"):
+        return ErrorReply(400, "The 'stream_options' parameter is only allowed when 'stream' "
+                          "is enabled.", "invalid_request_error", param="stream_options")
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        if model.startswith(NO_STRUCTURED_OUTPUTS) or model == "gpt-4":
+            return ErrorReply(400, "Invalid parameter: 'response_format' of type 'json_schema' "
+                              "is not supported with this model.", "invalid_request_error",
+                              param="response_format")
+        spec = fmt.get("json_schema") or {}
+        if spec.get("strict"):
+            problem = _not_strict(spec.get("schema") or {}, "()")
+            if problem is not None:
+                return ErrorReply(400, f"Invalid schema for response_format "
+                                  f"'{spec.get('name')}': {problem}", "invalid_request_error",
+                                  param="response_format")
+    if fmt.get("type") == "json_object":
+        said = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
+        if "json" not in said.lower():
+            return ErrorReply(400, "'messages' must contain the word 'json' in some form, to "
+                              "use 'response_format' of type 'json_object'.",
+                              "invalid_request_error", param="messages")
+    return None
+
+
+def _not_strict(node: Any, where: str) -> str | None:
+    """Why OpenAI's strict mode refuses this schema node (every object: all properties
+    required, additionalProperties false)."""
+    if isinstance(node, list):
+        return next((p for p in (_not_strict(n, where) for n in node) if p), None)
+    if not isinstance(node, dict):
+        return None
+    props = node.get("properties")
+    if isinstance(props, dict):
+        missing = [key for key in props if key not in node.get("required", [])]
+        if missing:
+            return (f"In context={where}, 'required' is required to be supplied and to be an "
+                    f"array including every key in properties. Missing '{missing[0]}'.")
+        if node.get("additionalProperties") is not False:
+            return (f"In context={where}, 'additionalProperties' is required to be supplied "
+                    "and to be false.")
+        for key, sub in props.items():
+            found = _not_strict(sub, f"('properties', '{key}')")
+            if found:
+                return found
+    for key, value in node.items():
+        if key != "properties" and isinstance(value, dict | list):
+            children = value.values() if key == "$defs" and isinstance(value, dict) else [value]
+            for child in children:
+                found = _not_strict(child, where)
+                if found:
+                    return found
+    return None
 
 
 # --------------------------------------------------------------------------- schema samples
@@ -255,8 +370,9 @@ def _count_tokens(text: str) -> int:
 class FakeOpenAI:
     """`async with FakeOpenAI() as server:` a live OpenAI-compatible API at `server.base_url`."""
 
-    def __init__(self, *, api_key: str = DEFAULT_API_KEY) -> None:
+    def __init__(self, *, api_key: str = DEFAULT_API_KEY, refuse_like_openai: bool = True) -> None:
         self.api_key = api_key
+        self.refuse_like_openai = refuse_like_openai
         self.requests: list[RecordedRequest] = []
         self.calls_by_model: Counter[str] = Counter()
         self._script: deque[Scripted] = deque()
@@ -343,6 +459,9 @@ class FakeOpenAI:
         self.calls_by_model[model] += 1
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._error_response(invalid_api_key())
+        refused = openai_refusal(body) if self.refuse_like_openai else None
+        if refused is not None:  # refused before anything scripted is served, as OpenAI does
+            return self._error_response(refused)
         entry = self._script.popleft() if self._script else self._respond(body)
         if entry.delay_s > 0:
             await self._sleep(entry.delay_s)
@@ -394,8 +513,9 @@ class FakeOpenAI:
 
         events.append(chunk({"role": "assistant", "content": "", "refusal": None}))
         events.extend(chunk({"content": piece}) for piece in _split(content, entry.chunk_count))
-        events.append(chunk({}, entry.finish_reason))
-        if include_usage and entry.include_usage:
+        if not entry.interrupted:
+            events.append(chunk({}, entry.finish_reason))
+        if include_usage and entry.include_usage and not entry.interrupted:
             events.append({**base, "choices": [], "usage": self._usage(body, content, entry)})
         for sent, event in enumerate(events):
             if entry.break_after_chunks is not None and sent >= entry.break_after_chunks:
@@ -423,6 +543,8 @@ class FakeOpenAI:
         if fmt.get("type") == "json_schema":
             schema = (fmt.get("json_schema") or {}).get("schema") or {}
             return json.dumps(sample_for_schema(schema))
+        if fmt.get("type") == "json_object" and isinstance(fmt.get("schema"), dict):
+            return json.dumps(sample_for_schema(fmt["schema"]))
         if fmt.get("type") == "json_object":
             return json.dumps({"answer": DEFAULT_TEXT})
         return DEFAULT_TEXT

@@ -15,9 +15,11 @@ from pydantic import BaseModel
 
 from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.events import content
+from llm_consumer.prompts.tokens import MESSAGE_OVERHEAD_TOKENS, counter_for
 from llm_consumer.providers.base import TextJob
 from llm_consumer.providers.openai_errors import retry_after_seconds
 from llm_consumer.providers.openai_text import OpenAITextProvider
+from llm_consumer.providers.response_format import strict_schema
 from tests.fakes.openai_server import (
     ErrorReply,
     FakeOpenAI,
@@ -59,6 +61,18 @@ async def client(server: FakeOpenAI) -> AsyncIterator[openai.AsyncOpenAI]:
     await c.close()
 
 
+class RecordingSink:
+    def __init__(self) -> None:
+        self.deltas: list[str] = []
+        self.restarts: list[str] = []
+
+    async def delta(self, text: str) -> None:
+        self.deltas.append(text)
+
+    async def restart(self, reason: str) -> None:
+        self.restarts.append(reason)
+
+
 def backstory_job(**overrides: Any) -> TextJob:
     fields: dict[str, Any] = {
         "system": "You write D&D backstories as JSON.",
@@ -87,9 +101,12 @@ async def test_structured_round_trip(server: FakeOpenAI, provider: OpenAITextPro
         {"role": "system", "content": job.system},
         {"role": "user", "content": job.user},
     ]
+    # gpt-4o-mini has structured outputs: the strict copy of the schema (all required, no
+    # extra properties, length bounds as descriptions), which the fake checks as OpenAI does.
     assert request.body["response_format"] == {
         "type": "json_schema",
-        "json_schema": {"name": "character_backstory", "schema": job.schema, "strict": False},
+        "json_schema": {"name": "character_backstory", "schema": strict_schema(job.schema),
+                        "strict": True},
     }
     assert "max_completion_tokens" not in request.body
     assert "temperature" not in request.body
@@ -121,17 +138,22 @@ async def test_job_overrides_model_and_sampling(
     assert server.calls_by_model == {"gpt-4.1": 1}
 
 
-async def test_missing_usage_is_estimated(server: FakeOpenAI, provider: OpenAITextProvider) -> None:
-    answer = '{"text": "' + "x" * 30 + '"}'  # 42 chars
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_missing_usage_is_counted_with_the_tokenizer(
+    server: FakeOpenAI, provider: OpenAITextProvider, stream: bool
+) -> None:
+    answer = '{"text": "A bell tolls under the lake, and the drowned king listens."}'
     server.script(reply(answer, include_usage=False))
-    job = backstory_job(system="s" * 10, user="u" * 11)  # 21 chars
+    job = backstory_job(system="You write JSON.", user="A dwarf cleric who lost her clan.")
 
-    result = await provider.complete(job)
+    result = await provider.complete(job, RecordingSink() if stream else None)
 
+    counter = counter_for(DEFAULT_MODEL)  # o200k: exact for gpt-4o-mini
     assert result.usage.estimated is True
-    assert result.usage.prompt_tokens == 6  # ceil(21 / 4)
-    assert result.usage.completion_tokens == 11  # ceil(42 / 4)
-    assert result.usage.total_tokens == 17
+    assert result.usage.prompt_tokens == (counter.count(job.system) + counter.count(job.user)
+                                          + 2 * MESSAGE_OVERHEAD_TOKENS)
+    assert result.usage.completion_tokens == counter.count(answer) == 19
+    assert result.usage.total_tokens == result.usage.prompt_tokens + 19
 
 
 # ----------------------------------------------------------------------------- error mapping
@@ -424,3 +446,24 @@ def test_sample_for_schema_covers_keywords() -> None:
     assert sample["none"] == []
     assert len(sample["long"]) >= 50
     assert isinstance(sample["child"]["n"], int)
+
+
+async def test_an_interrupted_stream_is_a_transient_failure_not_an_empty_answer(
+    server: FakeOpenAI, provider: OpenAITextProvider
+) -> None:
+    # llama-cpp-python ends a stream with [DONE] and no finish_reason when a newer request
+    # interrupts it: unfinished text restarts on the next model; none at all is retried later.
+    server.script(reply("", interrupted=True), reply('{"half": ', interrupted=True))
+    p = OpenAITextProvider(server.api_key, base_url=server.base_url, model="m1", timeout_s=5.0,
+                           fallback_models=("m2",))
+    quiet, cut = RecordingSink(), RecordingSink()
+    try:
+        with pytest.raises(TransientFailure, match="ended before the answer finished") as empty:
+            await provider.complete(backstory_job(), quiet)
+        result = await p.complete(backstory_job(), cut)
+    finally:
+        await p.aclose()
+    assert empty.value.code == "provider_unavailable" and quiet.restarts == []
+    assert cut.restarts == ["stream from m1 broke; restarting on m2"]
+    assert result.model_used == "m2" and result.fallback_used is True
+    assert [r.body["model"] for r in server.chat_requests] == [DEFAULT_MODEL, "m1", "m2"]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from llm_consumer.errors import PermanentFailure
 from llm_consumer.events.requests import ContentRequested
 from llm_consumer.events.results import TokenUsage
+from llm_consumer.handlers.answer_json import read_answer
 from llm_consumer.handlers.base import Deps, Request
 from llm_consumer.handlers.progress import ProgressSink
 from llm_consumer.prompts.builder import (
@@ -57,14 +58,16 @@ def _add(a: TokenUsage, b: TokenUsage) -> TokenUsage:
 
 
 def problem_with(completion: TextCompletion, model: type[BaseModel]) -> str | None:
-    """Why an answer is unusable (empty, refused, cut off, not the schema), or None if fine."""
+    """Why an answer is unusable (empty, refused, cut off, not the schema), or None if fine.
+
+    The answer is tidied of small slips first (see answer_json)."""
     text = completion.text.strip()
     if not text:
         return "the answer was empty"
     if text.lower().startswith(REFUSAL_MARKERS):
         return "the model refused"
     try:
-        model.model_validate_json(text)
+        read_answer(text, model)
     except ValidationError as error:
         if completion.finish_reason == "length":
             return "the answer was cut off at the token limit"
@@ -153,7 +156,9 @@ async def generate(request: Request, deps: Deps, model: type[ContentT]) -> Gener
             raise PermanentFailure(
                 f"the model's answer was unusable after one repair attempt: {problem}",
                 code="internal")
+    answer = read_answer(completion.text.strip(), model)
     log.info("answer.accepted", first_try=first_try, model=completion.model_used,
-             fallback=completion.fallback_used)
-    return Generated(model.model_validate_json(completion.text), completion.model_used,
-                     completion.fallback_used, usage, first_try)
+             fallback=completion.fallback_used, tidied=list(answer.slips),
+             kind=request.data.kind.value, request_id=request.id)
+    return Generated(answer.content, completion.model_used, completion.fallback_used, usage,
+                     first_try)

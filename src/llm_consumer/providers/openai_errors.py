@@ -1,9 +1,16 @@
-"""OpenAI's errors translated onto the service's error tree, at the provider boundary."""
+"""OpenAI's errors translated onto the service's error tree, at the provider boundary.
+
+Servers other than OpenAI answer some bad requests with a 500 (llama-cpp-python wraps its
+request validation errors so), and their messages may carry file paths, line numbers and stack
+frames: a request-validation 500 is a refusal like a 400, and every message is scrubbed here
+before it can reach an event.
+"""
 
 from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC
@@ -11,8 +18,79 @@ from datetime import UTC
 import openai
 
 from llm_consumer.errors import ModelUnavailable, PermanentFailure, ServiceError, TransientFailure
+from llm_consumer.providers.capabilities import Capabilities, Refusal
 
 _CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
+MAX_MESSAGE_CHARS = 300
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):?(.*)", re.S)
+_FRAME = re.compile(r'\bFile "[^"]*", line \d+(?:, in [\w.<>]+)?')
+_LINE = re.compile(r",? (?:at )?line \d+\b")
+# An absolute path (not inside a URL): a file with an extension, or under a system root.
+_PATH = re.compile(r"(?<![\w:/.])(?:[A-Za-z]:)?(?:[\\/][\w.@+-]+)+[\\/]?(?::\d+)*")
+_ROOTS = ("usr", "home", "opt", "tmp", "var", "root", "srv", "app", "work", "data", "users",
+          "mnt", "etc", "lib", "proc", "site-packages", "dist-packages")
+_SOURCE_FILE = re.compile(r"\.(?:py|pyc|pyx|so|c|cc|cpp|h|hpp|go|rs|js|ts|java|rb|gguf|bin)\b",
+                          re.I)
+_PYDANTIC_ITEM = re.compile(
+    r"""'loc': \(([^)]*)\), 'msg': (?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")""")
+_VALIDATION_MARKERS = ("validation error", "input should be", "field required",
+                       "extra inputs are not permitted", "literal_error", "requestvalidationerror",
+                       "value is not a valid", "unexpected keyword argument")
+
+
+def _hide_path(found: re.Match[str]) -> str:
+    path = found.group(0)
+    first = path.lstrip("\\/").split("/")[0].split("\\")[0].lower()
+    if first.endswith(":") or first in _ROOTS or _SOURCE_FILE.search(path):
+        return "<path>"
+    return path
+
+
+def _last_line(found: re.Match[str]) -> str:
+    """A stack trace stands for its last line: the exception and its message."""
+    lines = [line for line in found.group(1).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _validation_summary(message: str) -> str | None:
+    """'body.response_format.type: Input should be ...' from pydantic's error dicts, if any."""
+    items = _PYDANTIC_ITEM.findall(message)
+    if not items:
+        return None
+    parts = []
+    for loc, single, double in items:
+        msg = single or double
+        where = ".".join(p.strip(" '\"") for p in loc.split(",") if p.strip(" '\""))
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "request validation failed: " + "; ".join(parts)
+
+
+def scrub(message: str) -> str:
+    """One line of a provider's message without its internals (paths, lines, stack frames)."""
+    text = _validation_summary(message) or message
+    text = _TRACEBACK.sub(_last_line, text)
+    text = _FRAME.sub("", text)
+    text = _PATH.sub(_hide_path, text)
+    text = _LINE.sub("", text)
+    text = " ".join(text.split())
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
+    return text or "no message"
+
+
+def is_request_validation(message: str) -> bool:
+    lowered = message.lower()
+    return any(marker in lowered for marker in _VALIDATION_MARKERS)
+
+
+class RequestRefused(PermanentFailure):
+    """The server refused what the request contained. Permanent, unless the provider can
+    phrase the call differently (`adapted`: the capabilities to retry with)."""
+
+    def __init__(self, message: str, refusal: Refusal) -> None:
+        super().__init__(message, code="invalid_request")
+        self.refusal = refusal
+        self.adapted: Capabilities | None = None
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -44,29 +122,34 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None)
     return max(0.0, parsed.timestamp() - current)
 
 
-def _error_fields(err: openai.APIStatusError) -> tuple[str, str]:
-    """(code, message) from OpenAI's error body, which the SDK already unwrapped from `error`."""
+def _error_fields(err: openai.APIStatusError) -> tuple[str, str, str | None]:
+    """(code, message, param) from OpenAI's error body, which the SDK already unwrapped from
+    `error`."""
     body = err.body if isinstance(err.body, Mapping) else {}
     code = err.code or str(body.get("code") or "") or str(body.get("type") or "")
-    message = str(body.get("message") or err.message)
-    return code, message
+    message = str(body.get("message") or body.get("detail") or err.message)
+    param = err.param or (str(body["param"]) if body.get("param") else None)
+    return code, message, param
 
 
 def _translate_status(err: openai.APIStatusError, model: str) -> ServiceError:
     status = err.status_code
-    code, message = _error_fields(err)
+    code, raw_message, param = _error_fields(err)
+    message = scrub(raw_message)
     detail = f"openai {status}: {message}"
     if status == 429:
         if code == "insufficient_quota" or err.type == "insufficient_quota":
             return PermanentFailure(detail, code="quota_exhausted")
         retry_after = retry_after_seconds(err.response.headers)
         return TransientFailure(detail, code="rate_limited", retry_after_s=retry_after)
-    if status in (400, 422):
+    if status == 400 and code == "model_not_found":  # llama-cpp-python says so with a 400
+        return ModelUnavailable(f"openai has no model {model!r}: {message}", code="no_provider")
+    if status in (400, 422) or (status >= 500 and is_request_validation(raw_message)):
         if code == "context_length_exceeded":
             return PermanentFailure(detail, code="context_length_exceeded")
         if code in _CONTENT_POLICY_CODES or "safety system" in message.lower():
             return PermanentFailure(detail, code="content_policy")
-        return PermanentFailure(detail, code="invalid_request")
+        return RequestRefused(detail, Refusal(status, message, param, code or None))
     if status in (401, 403):
         return PermanentFailure(
             f"openai rejected the API key ({status}): {message}", code="no_provider"
@@ -90,11 +173,12 @@ def translate_error(err: openai.OpenAIError, model: str) -> ServiceError:
         return TransientFailure(f"openai unreachable ({model}): connection refused",
                                 code="provider_unavailable")
     if isinstance(err, openai.APIConnectionError):
-        return TransientFailure(f"openai unreachable: {err.message}", code="provider_unavailable")
+        return TransientFailure(f"openai unreachable: {scrub(err.message)}",
+                                code="provider_unavailable")
     if isinstance(err, openai.APIStatusError):
         return _translate_status(err, model)
     # Malformed responses and anything else the SDK raises: the provider misbehaved.
-    return TransientFailure(f"openai error: {err}", code="provider_unavailable")
+    return TransientFailure(f"openai error: {scrub(str(err))}", code="provider_unavailable")
 
 
 def _refused(err: BaseException) -> bool:

@@ -3,13 +3,14 @@
 One job walks the model chain (requested or default model, then `OPENAI_FALLBACK_MODELS`):
 `fallback_policy.next_step` decides after each failure. The SDK's own retries are off so that
 calls never multiply behind our back. A stream that breaks after text was sent restarts on the
-next model and tells the sink to drop what it had.
+next model and tells the sink to drop what it had. How each call is phrased (structured-output
+mode, token-limit parameter, parameters a model refuses) comes from `capabilities`: a refusal
+that a different phrasing avoids is retried at once on the same model, and remembered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,30 +23,40 @@ from pydantic import ValidationError
 
 from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.events.results import TokenUsage
+from llm_consumer.prompts.tokens import MESSAGE_OVERHEAD_TOKENS, counter_for
 from llm_consumer.providers.base import HeaderObserver, StreamSink, TextCompletion, TextJob
+from llm_consumer.providers.capabilities import (
+    Capabilities,
+    CapabilityBook,
+    StructuredSetting,
+    TokenSetting,
+)
 from llm_consumer.providers.fallback_policy import next_step
-from llm_consumer.providers.openai_errors import translate_error
+from llm_consumer.providers.openai_errors import RequestRefused, scrub, translate_error
+from llm_consumer.providers.response_format import response_format, schema_instruction
 
 log = structlog.get_logger(__name__)
 
 
 JSON_BODY: openai.RequestOptions = {"headers": {"Content-Type": "application/json"}}
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+# Steps down one call may take (structured-output rungs, token parameter, dropped parameters).
+MAX_ADAPTATIONS = 6
 
 
 class StreamBroken(TransientFailure):
     """The connection dropped after some text had been streamed."""
 
 
-def _estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
-
-
-def _usage(job: TextJob, text: str, reported: Any) -> TokenUsage:
+def _usage(model: str, system: str, job: TextJob, text: str, reported: Any) -> TokenUsage:
+    """The server's count, or (when it sends none, as some do on streams) the tokenizer's."""
     if reported is not None:
         return TokenUsage(prompt_tokens=reported.prompt_tokens,
                           completion_tokens=reported.completion_tokens,
                           total_tokens=reported.total_tokens)
-    prompt, completion = _estimate_tokens(job.system + job.user), _estimate_tokens(text)
+    counter = counter_for(model)
+    prompt = (counter.count(system) + counter.count(job.user) + 2 * MESSAGE_OVERHEAD_TOKENS)
+    completion = counter.count(text)
     return TokenUsage(prompt_tokens=prompt, completion_tokens=completion,
                       total_tokens=prompt + completion, estimated=True)
 
@@ -62,10 +73,15 @@ class OpenAITextProvider:
 
     def __init__(self, api_key: str, *, base_url: str | None, model: str, timeout_s: float,
                  fallback_models: tuple[str, ...] = (),
-                 observe: HeaderObserver | None = None) -> None:
+                 observe: HeaderObserver | None = None,
+                 structured_output: StructuredSetting = "auto",
+                 token_limit_param: TokenSetting = "auto") -> None:
         self.model = model
         self._fallbacks = fallback_models
         self._observe = observe
+        self.capabilities = CapabilityBook(base_url or OPENAI_BASE_URL,
+                                           structured=structured_output,
+                                           token_param=token_limit_param)
         # aiohttp rather than the default httpx2 transport: about a fifth less CPU per call
         # with hundreds in flight (bench/run_all.py --profile).
         self._client = openai.AsyncOpenAI(
@@ -78,16 +94,20 @@ class OpenAITextProvider:
 
     async def complete(self, job: TextJob, sink: StreamSink | None = None) -> TextCompletion:
         models = self.models_for(job.model)
-        index, waits = 0, 0
+        index, waits, adaptations = 0, 0, 0
         while True:
             model = models[index]
             try:
-                completion = await (self._stream(job, model, sink) if sink
-                                    else self._plain(job, model))
+                completion = await self._call(job, model, sink)
             except ServiceError as error:
+                adapted = isinstance(error, RequestRefused) and error.adapted is not None
                 step = next_step(error, has_next_model=index + 1 < len(models),
-                                 waits_used=waits)
+                                 waits_used=waits,
+                                 can_adapt=adapted and adaptations < MAX_ADAPTATIONS)
                 log.info("provider.failed", model=model, code=error.code, step=step.action)
+                if step.action == "adapt":
+                    adaptations += 1
+                    continue
                 if step.action == "raise":
                     if isinstance(error, StreamBroken) and sink is not None:
                         await sink.restart(f"stream from {model} broke; retrying later")
@@ -106,24 +126,49 @@ class OpenAITextProvider:
                                   usage=completion.usage, fallback_used=fallback,
                                   finish_reason=completion.finish_reason)
 
+    async def _call(self, job: TextJob, model: str, sink: StreamSink | None) -> TextCompletion:
+        """One call phrased as `model`'s capabilities say; a refusal learns from the answer."""
+        async with self.capabilities.probing(model) as caps:
+            fields = self._fields(job, model, caps, stream=sink is not None)
+            try:
+                completion = await (self._stream(job, model, caps, fields, sink) if sink
+                                    else self._plain(job, model, caps, fields))
+            except RequestRefused as refused:
+                refused.adapted = self.capabilities.adapt(model, caps, refused.refusal,
+                                                          frozenset(fields))
+                raise
+            self.capabilities.confirm(model, caps)
+        limit = job.max_tokens
+        if (limit is not None and not completion.usage.estimated
+                and completion.usage.completion_tokens > limit):
+            self.capabilities.limit_ignored(model, caps)
+        return completion
+
     @staticmethod
-    def _body(job: TextJob, model: str, *, stream: bool) -> bytes:
-        """The request body, as the Chat Completions API defines it."""
+    def _system(job: TextJob, caps: Capabilities) -> str:
+        return job.system + schema_instruction(caps.structured, job.schema)
+
+    @classmethod
+    def _fields(cls, job: TextJob, model: str, caps: Capabilities, *,
+                stream: bool) -> dict[str, Any]:
+        """The request body, as the Chat Completions API defines it, phrased per `caps`."""
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": "system", "content": job.system},
+            "messages": [{"role": "system", "content": cls._system(job, caps)},
                          {"role": "user", "content": job.user}],
-            "response_format": {"type": "json_schema", "json_schema": {
-                "name": job.schema_name, "schema": job.schema, "strict": False}},
         }
+        fmt = response_format(caps, job.schema_name, job.schema)
+        if fmt is not None:
+            body["response_format"] = fmt
         if job.max_tokens is not None:
-            body["max_completion_tokens"] = job.max_tokens
-        if job.temperature is not None:
+            body[caps.token_param] = job.max_tokens
+        if job.temperature is not None and "temperature" not in caps.dropped:
             body["temperature"] = job.temperature
         if stream:
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return orjson.dumps(body)
+            if caps.stream_options:
+                body["stream_options"] = {"include_usage": True}
+        return body
 
     async def _post(self, model: str, body: bytes, *, stream: bool) -> Any:
         """One HTTP call through the SDK's client (auth, base URL, time-out, error types).
@@ -158,25 +203,27 @@ class OpenAITextProvider:
             except Exception:  # the observer must never fail a generation
                 log.warning("provider.observer_failed", exc_info=True)
 
-    async def _plain(self, job: TextJob, model: str) -> TextCompletion:
-        raw: httpx2.Response = await self._post(model, self._body(job, model, stream=False),
-                                                stream=False)
+    async def _plain(self, job: TextJob, model: str, caps: Capabilities,
+                     fields: dict[str, Any]) -> TextCompletion:
+        raw: httpx2.Response = await self._post(model, orjson.dumps(fields), stream=False)
         try:
             response = ChatCompletion.model_validate(orjson.loads(raw.content))
         except (orjson.JSONDecodeError, ValidationError) as err:
-            raise TransientFailure(f"openai answered with no usable completion: {err}",
+            raise TransientFailure(f"openai answered with no usable completion: {scrub(str(err))}",
                                    code="provider_unavailable") from err
         if not response.choices:
             raise TransientFailure("openai answered with no choices", code="provider_unavailable")
         choice = response.choices[0]
         text = choice.message.content or ""
         _check_answer(text, choice.message.refusal, choice.finish_reason)
-        return TextCompletion(text=text, model_used=response.model,
-                              usage=_usage(job, text, response.usage),
+        return TextCompletion(text=text, model_used=response.model or model,
+                              usage=_usage(model, self._system(job, caps), job, text,
+                                           response.usage),
                               finish_reason=choice.finish_reason)
 
-    async def _stream(self, job: TextJob, model: str, sink: StreamSink) -> TextCompletion:
-        stream = await self._post(model, self._body(job, model, stream=True), stream=True)
+    async def _stream(self, job: TextJob, model: str, caps: Capabilities,
+                      fields: dict[str, Any], sink: StreamSink) -> TextCompletion:
+        stream = await self._post(model, orjson.dumps(fields), stream=True)
         parts: list[str] = []
         refusal: list[str] = []
         finish_reason: str | None = None
@@ -203,9 +250,16 @@ class OpenAITextProvider:
                 raise StreamBroken(f"stream broke after {len(parts)} chunks: {error.message}",
                                    code="provider_unavailable") from err
             raise error from err
+        if finish_reason is None:  # llama-cpp-python ends a stream so when another request
+            # interrupts it (its default): the answer is unfinished, not empty
+            message = f"the stream from {model} ended before the answer finished"
+            if parts:
+                raise StreamBroken(message, code="provider_unavailable")
+            raise TransientFailure(message, code="provider_unavailable")
         text = "".join(parts)
         _check_answer(text, "".join(refusal) or None, finish_reason)
-        return TextCompletion(text=text, model_used=model_used, usage=_usage(job, text, usage),
+        return TextCompletion(text=text, model_used=model_used,
+                              usage=_usage(model, self._system(job, caps), job, text, usage),
                               finish_reason=finish_reason)
 
     async def aclose(self) -> None:
