@@ -14,7 +14,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import aio_pika
-import redis.asyncio as aioredis
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from pydantic import BaseModel
@@ -42,6 +41,7 @@ from llm_consumer.providers.images_base import ImageProvider
 from llm_consumer.providers.local import MODEL_NAME, LocalTextProvider
 from llm_consumer.providers.openai_images import OpenAIImageProvider
 from llm_consumer.settings import Settings
+from llm_consumer.store.client import RedisClient, open_redis, verify_redis
 from llm_consumer.store.guard import Guard, Policy
 from llm_consumer.store.health import RedisHealth
 from llm_consumer.store.jobs import JobLedger
@@ -157,7 +157,7 @@ def default_text_model(settings: Settings) -> str:
     return MODEL_NAME
 
 
-def build_guard(settings: Settings, redis: aioredis.Redis, ledger: JobLedger | None = None,
+def build_guard(settings: Settings, redis: RedisClient, ledger: JobLedger | None = None,
                 health: RedisHealth | None = None) -> Guard:
     """Response cache, single-flight, rate limits and usage, from the settings."""
     operations = {"text": settings.rate_limit_text, "theme": settings.rate_limit_theme,
@@ -196,8 +196,10 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
             loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         broker = await stack.enter_async_context(open_broker(settings))
-        redis = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        redis = open_redis(settings.redis_url, settings.redis_mode,
+                           sentinel_master=settings.redis_sentinel_master)
         stack.push_async_callback(redis.aclose)
+        await verify_redis(redis, settings.redis_mode, settings.redis_url)
         health = RedisHealth()  # one view of Redis for the ledger and the guard
         ledger = JobLedger(redis, Keys(settings.redis_prefix), instance_id=settings.instance_id,
                            result_ttl_s=settings.result_ttl_s, lease_s=settings.lease_s,

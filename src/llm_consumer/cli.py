@@ -31,6 +31,7 @@ from llm_consumer.client import NoConsumer, build_request, send_and_wait
 from llm_consumer.events import catalog
 from llm_consumer.logging import configure_logging
 from llm_consumer.settings import Settings, SettingsError, load_settings
+from llm_consumer.store.client import RedisMisconfigured
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="LLM service of the D&D character-creator platform (RabbitMQ consumer).")
@@ -69,7 +70,7 @@ def run() -> None:
 
     try:
         _run(run_service(settings))
-    except TopologyConflict as error:  # a queue or exchange exists in another form
+    except (TopologyConflict, RedisMisconfigured) as error:  # a queue exists in another form
         err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(2) from None
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
-import redis.asyncio as aioredis
 import typer
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -31,6 +31,7 @@ from llm_consumer.events.envelope import Envelope
 from llm_consumer.events.requests import ContentKind, ContentRequested, ImageKind, ImageRequested
 from llm_consumer.logging import configure_logging
 from llm_consumer.settings import Settings, SettingsError, load_settings
+from llm_consumer.store.client import RedisClient, RedisMisconfigured, open_redis, verify_redis
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.usage import last_days, read_usage, today
 
@@ -52,17 +53,21 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _with_redis(settings: Settings, work: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+def _with_redis(settings: Settings, work: Callable[[RedisClient], Awaitable[T]]) -> T:
     async def run() -> T:
-        redis = aioredis.from_url(settings.redis_url, socket_timeout=10,
-                                  socket_connect_timeout=5)
+        redis = open_redis(settings.redis_url, settings.redis_mode,
+                           sentinel_master=settings.redis_sentinel_master, timeout_s=10)
         try:
+            await verify_redis(redis, settings.redis_mode, settings.redis_url)
             return await work(redis)
         finally:
             await redis.aclose()
 
     try:
         return asyncio.run(run())
+    except RedisMisconfigured as error:
+        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     except RedisError as error:
         err.print(f"[bold red]error:[/] Redis at {settings.redis_url}: {error}")
         raise typer.Exit(1) from None
@@ -77,7 +82,7 @@ def invalidate(kind: Annotated[str | None, typer.Option(help="only this request 
         raise typer.Exit(2)
     settings = _settings()
 
-    async def work(redis: aioredis.Redis) -> int | None:
+    async def work(redis: RedisClient) -> int | None:
         from llm_consumer.app import build_guard
 
         return await build_guard(settings, redis).cache.invalidate(kind)
@@ -91,7 +96,7 @@ def stats() -> None:
     """Cached answers per kind, their generation, and today's requests and cache hits."""
     settings = _settings()
 
-    async def work(redis: aioredis.Redis) -> tuple[Counter[str], dict[str, int], list[Any]]:
+    async def work(redis: RedisClient) -> tuple[Counter[str], dict[str, int], list[Any]]:
         from llm_consumer.app import build_guard
 
         entries, generations = await build_guard(settings, redis).cache.stats()
@@ -154,7 +159,7 @@ def warm(
         raise typer.Exit(1)
 
 
-async def _warm(settings: Settings, redis: aioredis.Redis, items: list[Item],
+async def _warm(settings: Settings, redis: RedisClient, items: list[Item],
                 concurrency: int) -> Counter[str]:
     from llm_consumer.app import build_guard, build_text_provider, context_windows
     from llm_consumer.handlers.base import Deps, Request

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # Redis
     redis_url: str = "redis://localhost:6379/0"
     redis_prefix: str = "llm:"
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = Field(
+        "standalone", description="cluster: REDIS_URL lists seed nodes; sentinel: the sentinels")
+    redis_sentinel_master: str = Field("mymaster", description="the master's name (sentinel)")
     result_ttl_s: int = Field(86_400, ge=60, description="how long finished results are kept")
     lease_s: int = Field(30, ge=5, description="liveness lease of an instance's in-flight claims")
 

@@ -99,6 +99,16 @@ def test_local_limiter_keeps_a_share_and_says_when() -> None:
     assert len(local.take_pending()) == 4
 
 
+def test_a_limit_smaller_than_the_replica_count_holds_in_degraded_mode() -> None:
+    """2 per window across 3 replicas: each replica's share is 0, so together they admit
+    nothing until Redis is back (never 3, one each)."""
+    replicas = [LocalLimiter(replicas_hint=3) for _ in range(3)]
+    scope = count("model", 2, 5.0)
+    admitted = [r.check([scope], 1_000_000 + i)[1] is None for i, r in enumerate(replicas)]
+    assert admitted == [False, False, False]
+    assert sum(len(r.take_pending()) for r in replicas) == 0
+
+
 def test_local_limiter_mirrors_shared_admissions() -> None:
     """What Redis admitted for this replica counts in its share from the first moment of an
     outage, so an outage does not open a fresh window."""

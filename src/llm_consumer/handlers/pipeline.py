@@ -1,9 +1,9 @@
 """The pipeline around every handler: cache -> single-flight -> rate limits -> handler ->
 cache store -> usage.
 
-Before the provider is paid there is one Redis round trip on a cache miss (`admit.lua`: the
-job-ledger claim, cache lookup, single-flight claim and every rate-limit scope at once), and one
-after (`finish.lua`).
+Before the provider is paid there are three Redis round trips on a cache miss and two on a hit
+(store/admission.py: the job-ledger claim beside the cache generations, then the cache lookup and
+single-flight claim, then every rate-limit scope at once), and one after (`Admission.finish`).
 Identical requests on this replica wait on the local leader without any Redis call; followers
 (local or on other replicas) answer with the leader's result marked `cached: true`, since they
 did not pay for it. `cache: false` skips the lookup and single-flight (a fresh answer is

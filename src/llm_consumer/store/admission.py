@@ -1,12 +1,20 @@
-"""Admission: one script call decides a request's path before the provider is paid.
+"""Admission: a request's path decided before the provider is paid, in a few small scripts.
 
-`admit` is a single EVALSHA of `admit.lua`: a cached answer (hit), a leader already computing
-the same request elsewhere (follow), a place under every rate limit (admitted, recorded in all
-scopes at once) or the time until one frees (limited). A request's first admission also makes
-its job-ledger claim (`Ask.job`), so a request costs one round trip before the provider call;
-a ledger that knows the request already (done, cancelled, running elsewhere) answers `Known`.
-`finish` is a single EVALSHA of `finish.lua` after the answer: store it, end the claim, count
-usage.
+Each script touches the keys of one hash tag (keys.py), so the same calls run on a standalone
+server, behind Sentinel and on a Redis Cluster:
+1. the job-ledger claim (claim.lua, tag: the request key), when the ask carries one, and the
+   cache generations (one HMGET), concurrently;
+2. lookup.lua (tag: the request digest): a cached answer (`Hit`), a leader on another replica
+   (`Follow`), or a miss that claims the single-flight for this admission;
+3. limits.lua (tag: the limiter's): one atomic check-and-record over every rate-limit scope
+   (`Admitted`, or `Limited` and the single-flight claim given back).
+Round trips: a hit costs 2, a miss 3 (the first pair runs concurrently), a further provider
+call of a request (no cache, no single-flight) 1. A ledger that knows the request already
+(done, cancelled, running elsewhere) answers `Known` after the first. Whether a claim's owner is
+alive is asked beside the scripts (its liveness key is in another slot), only when a claim is
+found: a dead owner's claim is then taken over by asking again.
+`finish` stores the answer and ends the claim (store.lua), records the job and counts usage:
+three calls on three tags, run concurrently.
 
 With Redis unreachable (see `health`), admission falls back to this replica's LocalLimiter,
 nothing is cached or claimed, and usage adds up in memory; when Redis answers again, the
@@ -15,17 +23,18 @@ admissions and usage of the outage are written back so the shared windows stay h
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from llm_consumer.store.cache import HANDOFF_TTL_S
+from llm_consumer.store.client import RedisClient
 from llm_consumer.store.health import RedisHealth
-from llm_consumer.store.jobs import CLAIM_JOB_FUNCTION, Claim, JobLedger, claim_from
+from llm_consumer.store.jobs import Claim, JobLedger
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.ratelimit import (
     WARN_AT,
@@ -38,9 +47,27 @@ from llm_consumer.store.ratelimit import (
 from llm_consumer.store.singleflight import TimedOut, Vanished, await_leader
 from llm_consumer.store.usage import RETENTION_S, PendingUsage, Price, Use, increments, today
 
-ADMIT_SCRIPT = CLAIM_JOB_FUNCTION + resources.files(__package__).joinpath("admit.lua").read_text()
-FINISH_SCRIPT = resources.files(__package__).joinpath("finish.lua").read_text()
-RESTAMP_SCRIPT = resources.files(__package__).joinpath("restamp.lua").read_text()
+
+def _script(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text()
+
+
+LOOKUP_SCRIPT = _script("lookup.lua")
+LIMITS_SCRIPT = _script("limits.lua")
+STORE_SCRIPT = _script("store.lua")
+RESTAMP_SCRIPT = _script("restamp.lua")
+USAGE_SCRIPT = """
+-- KEYS[1] usage hash of the day; ARGV[1] ttl (s); ARGV[2..] field, increment pairs (an
+-- increment with a '.' is a float)
+for i = 2, #ARGV, 2 do
+  if string.find(ARGV[i + 1], '.', 1, true) then
+    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+  else
+    redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return redis.call('EXPIRE', KEYS[1], ARGV[1])
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +122,7 @@ Arg = str | int | float | bytes
 
 
 class Admission:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, health: RedisHealth, *,
+    def __init__(self, redis: RedisClient, keys: Keys, health: RedisHealth, *,
                  replicas_hint: int, prices: dict[str, Price],
                  ledger: JobLedger | None = None) -> None:
         self._redis = redis
@@ -105,22 +132,23 @@ class Admission:
         self._prices = prices
         self.local = LocalLimiter(replicas_hint)
         self._usage = PendingUsage()
-        self._admit = redis.register_script(ADMIT_SCRIPT)
-        self._finish = redis.register_script(FINISH_SCRIPT)
+        self._lookup = redis.register_script(LOOKUP_SCRIPT)
+        self._limits = redis.register_script(LIMITS_SCRIPT)
+        self._store = redis.register_script(STORE_SCRIPT)
+        self._count_usage = redis.register_script(USAGE_SCRIPT)
         self._restamp = redis.register_script(RESTAMP_SCRIPT)
         health.on_recovery(self._write_back)
 
     async def admit(self, ask: Ask) -> Verdict:
         admission_id = uuid.uuid4().hex
         if self._health.usable():
-            keys, args = self._script_input(ask, admission_id)
             try:
-                raw = await self._admit(keys=keys, args=args)
+                verdict = await self._shared(ask, admission_id)
             except RedisError as error:
                 self._health.failed("admit", error)
             else:
                 await self._health.succeeded()
-                return self._decode(ask, admission_id, raw)
+                return verdict
         now_us = time_us()
         retry_us, worst, notices = self.local.check(list(ask.scopes), now_us)
         if worst is not None:
@@ -155,36 +183,111 @@ class Admission:
                      ttl_s: int = 0, use: Use | None = None,
                      record: tuple[str, list[bytes]] | None = None) -> None:
         """Store the answer (`ttl_s` 0: only handed to followers), end the claim, record the
-        request's final events in the job ledger (`record`: its id and the encoded events),
-        count usage."""
+        request's final events in the job ledger (`record`: its key and the encoded events),
+        count usage: the three concurrently, each on its own hash tag."""
         pairs = increments(use, self._prices) if use is not None else []
         day = today()
         claim = self._flight_value(admitted.id) if admitted is not None and admitted.claimed else ""
         generation = admitted.generation if admitted is not None else None
         store = stored is not None and generation is not None and (ttl_s > 0 or bool(claim))
-        recorded = (self.ledger.record_input(*record)
-                    if record is not None and self.ledger is not None else None)
+        recorded = record if self.ledger is not None else None
         if not (store or claim or pairs or recorded):
             return
         if not self._health.usable():
             self._usage.add(day, pairs)
             return
-        # Without a record: a placeholder key, and '' for the events (finish.lua writes none).
-        job_key, job_args = recorded or (self._keys.usage_day(day), ["", "", 0])
-        keys = [self._keys.cache_entry(ask.kind, ask.digest), self._keys.flight(ask.digest),
-                self._keys.usage_day(day), job_key]
-        args: list[Arg] = [(generation or "") if store else "", stored or b"",
-                           (ttl_s or HANDOFF_TTL_S) * 1000, claim, RETENTION_S, *job_args,
-                           *(item for pair in pairs for item in pair)]
-        try:
-            await self._finish(keys=keys, args=args)
-        except RedisError as error:
-            self._health.failed("finish", error)
-            self._usage.add(day, pairs)
-        else:
+        calls = []
+        if store or claim:
+            calls.append(self._store(
+                keys=[self._keys.cache_entry(ask.kind, ask.digest), self._keys.flight(ask.digest)],
+                args=[(generation or "") if store else "", stored or b"",
+                      (ttl_s or HANDOFF_TTL_S) * 1000, claim]))
+        if recorded is not None and self.ledger is not None:
+            calls.append(self.ledger.record(*recorded))
+        if pairs:
+            calls.append(self._count_usage(
+                keys=[self._keys.usage_day(day)],
+                args=[RETENTION_S, *(item for pair in pairs for item in pair)]))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is None:
             await self._health.succeeded()
+            return
+        if pairs and isinstance(results[-1], BaseException):
+            self._usage.add(day, pairs)
+        if isinstance(failure, RedisError):
+            self._health.failed("finish", failure)
+            return
+        raise failure
 
     # -- internals --------------------------------------------------------------------------
+
+    async def _shared(self, ask: Ask, admission_id: str) -> Verdict:
+        """The three steps of the module docstring; raises RedisError."""
+        generation = ""
+        if ask.digest:
+            claim, generation = await asyncio.gather(self._claim(ask), self._generation(ask))
+            if claim is not None and claim.verdict != "claimed":
+                return Known(claim)
+            found = await self._look_up(ask, admission_id, generation)
+            if found is not None:
+                return found
+        elif ask.job is not None:
+            claim = await self._claim(ask)
+            if claim is not None and claim.verdict != "claimed":
+                return Known(claim)
+        if not ask.scopes:
+            return Admitted(admission_id, generation, ask.coalesce and bool(ask.digest), (),
+                            time_us())
+        keys: list[str] = []
+        args: list[Arg] = [admission_id, WARN_AT]
+        for scope in ask.scopes:
+            keys += [self._keys.rate_log(scope.scope, scope.key),
+                     self._keys.rate_sum(scope.scope, scope.key),
+                     self._keys.rate_notice("warning", scope.scope, scope.key),
+                     self._keys.rate_notice("exceeded", scope.scope, scope.key)]
+            args += [scope.measure, scope.limit, scope.window_us, scope.charge(scope.limit)]
+        raw = await self._limits(keys=keys, args=args)
+        now_us = _int(raw[1])
+        claimed = ask.coalesce and bool(ask.digest)
+        if _text(raw[0]) == "limited":
+            if claimed:  # give the single-flight claim back: this admission does not run
+                await self._store(keys=[self._keys.cache_entry(ask.kind, ask.digest),
+                                        self._keys.flight(ask.digest)],
+                                  args=["", b"", 0, self._flight_value(admission_id)])
+            return Limited(_int(raw[2]) / 1e6, ask.scopes[_int(raw[3]) - 1],
+                           self._notices(ask, raw[4:]))
+        self.local.record(list(ask.scopes), now_us, pending=False)
+        return Admitted(admission_id, generation, claimed, self._notices(ask, raw[2:]), now_us)
+
+    async def _claim(self, ask: Ask) -> Claim | None:
+        if self.ledger is None or ask.job is None:
+            return None
+        return await self.ledger.claim_now(ask.job)
+
+    async def _generation(self, ask: Ask) -> str:
+        found = await self._redis.hmget(self._keys.cache_generations(), ["*", ask.kind])
+        return f"{_text(found[0] or b'0')}.{_text(found[1] or b'0')}"
+
+    async def _look_up(self, ask: Ask, admission_id: str, generation: str) -> Verdict | None:
+        """Hit or Follow; None on a miss (with the single-flight claimed when coalescing)."""
+        if not (ask.read_cache or ask.coalesce):
+            return None
+        dead = ""
+        while True:
+            raw = await self._lookup(
+                keys=[self._keys.cache_entry(ask.kind, ask.digest), self._keys.flight(ask.digest)],
+                args=[int(ask.read_cache), int(ask.coalesce), generation, self._instance,
+                      admission_id, max(1, int(ask.lease_s * 1000)), dead])
+            verdict = _text(raw[0])
+            if verdict == "hit":
+                return Hit(_bytes(raw[1]))
+            if verdict == "miss":
+                return None
+            leader = _text(raw[2])
+            if self.ledger is None or dead or await self.ledger.alive(leader):
+                return Follow(generation, leader)
+            dead = leader  # its lease lapsed: ask again, taking its claim over
 
     def _flight_value(self, admission_id: str) -> str:
         """A single-flight claim names its owner, so a dead owner's claim can be taken over."""
@@ -193,44 +296,6 @@ class Admission:
     @property
     def _instance(self) -> str:
         return self.ledger.instance_id if self.ledger is not None else ""
-
-    def _script_input(self, ask: Ask, admission_id: str) -> tuple[list[str], list[Arg]]:
-        flight = self._keys.flight(ask.digest)
-        keys = [self._keys.cache_entry(ask.kind, ask.digest), self._keys.cache_generations(),
-                flight]
-        args: list[Arg] = [int(ask.read_cache), int(ask.coalesce), ask.kind, admission_id,
-                           max(1, int(ask.lease_s * 1000)), WARN_AT]
-        if self.ledger is not None and ask.job is not None:
-            job_keys, job_args = self.ledger.claim_input(ask.job)
-            keys += job_keys
-            args += [1, *job_args]
-        else:  # no claim; the liveness prefix still tells followers whether a leader lives
-            alive = self._keys.instance_prefix() if self.ledger is not None else ""
-            keys += [flight, flight]  # unused placeholders
-            args += [0, self._instance, alive, 0]
-        for scope in ask.scopes:
-            keys += [self._keys.rate_log(scope.scope, scope.key),
-                     self._keys.rate_sum(scope.scope, scope.key),
-                     self._keys.rate_notice("warning", scope.scope, scope.key),
-                     self._keys.rate_notice("exceeded", scope.scope, scope.key)]
-            args += [scope.measure, scope.limit, scope.window_us, scope.charge(scope.limit)]
-        return keys, args
-
-    def _decode(self, ask: Ask, admission_id: str, raw: list[object]) -> Verdict:
-        verdict = _text(raw[0])
-        if verdict in ("done", "cancelled", "busy"):
-            return Known(claim_from(verdict, raw[1]))
-        if verdict == "hit":
-            return Hit(_bytes(raw[1]))
-        if verdict == "follow":
-            return Follow(_text(raw[1]), _text(raw[3]))
-        now_us = _int(raw[1])
-        if verdict == "limited":
-            return Limited(_int(raw[2]) / 1e6, ask.scopes[_int(raw[3]) - 1],
-                           self._notices(ask, raw[4:]))
-        self.local.record(list(ask.scopes), now_us, pending=False)
-        return Admitted(admission_id, _text(raw[2]), ask.coalesce, self._notices(ask, raw[3:]),
-                        now_us)
 
     @staticmethod
     def _notices(ask: Ask, flat: list[object]) -> tuple[Notice, ...]:

@@ -7,7 +7,7 @@ users: the same input gives the same output, which the asker already holds. Imag
 not: they point at stored images, which only their owner may read (`owner` joins the key).
 
 Invalidation bumps a generation counter (all kinds, or one); every entry carries the generation
-it was computed under, and the lookup (in `admit.lua`) ignores older ones. That makes
+it was computed under, and the lookup (in `lookup.lua`) ignores older ones. That makes
 invalidation instant on every replica, also for answers still being computed when it happened.
 The old entries are then unlinked (SCAN + UNLINK) to give the memory back.
 """
@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from pydantic import BaseModel
 
+from llm_consumer.store.client import RedisClient
 from llm_consumer.store.keys import Keys
 
 CACHE_FORMAT = 1  # bump when the stored form or the key's canonical form changes
@@ -60,7 +60,7 @@ def decode(stored: bytes) -> Stored:
 
 
 class ResponseCache:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, default_ttl_s: int,
+    def __init__(self, redis: RedisClient, keys: Keys, *, default_ttl_s: int,
                  ttls: Mapping[str, int]) -> None:
         self._redis = redis
         self._keys = keys

@@ -1,9 +1,10 @@
--- The job ledger's claim: prepended to claim.lua (the claim alone) and to admit.lua (the
--- claim riding on a request's admission), so both decide it the same way.
+-- The job ledger's claim, prepended to claim.lua. Every key it touches is declared: whether
+-- an owner is alive is asked by the caller (its liveness key lives in another slot), which
+-- calls again naming that owner as `dead` when its lease has lapsed.
 -- job: record (hash: state, owner, events)   cancel: marker   instance: this instance
--- alive: instance liveness key prefix         ttl: record ttl (s)
+-- dead: an owner known to be dead ('' = none)   ttl: record ttl (s)
 -- Returns {verdict, payload}: done+stored events | cancelled | busy+owner | claimed
-local function claim_job(job, cancel, instance, alive, ttl)
+local function claim_job(job, cancel, instance, dead, ttl)
   local state = redis.call('HGET', job, 'state')
   if state == 'done' then
     return {'done', redis.call('HGET', job, 'events') or '[]'}
@@ -13,7 +14,7 @@ local function claim_job(job, cancel, instance, alive, ttl)
   end
   if state == 'running' then
     local owner = redis.call('HGET', job, 'owner')
-    if owner and owner ~= instance and redis.call('EXISTS', alive .. owner) == 1 then
+    if owner and owner ~= instance and owner ~= dead then
       return {'busy', owner}
     end
   end

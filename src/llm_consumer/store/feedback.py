@@ -15,9 +15,9 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from llm_consumer.store.client import RedisClient
 from llm_consumer.store.health import RedisHealth
 from llm_consumer.store.keys import Keys
 
@@ -99,7 +99,7 @@ def budgets(headers: Mapping[str, str], status: int) -> list[Budget]:
 
 
 class ProviderFeedback:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, health: RedisHealth) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, health: RedisHealth) -> None:
         self._redis = redis
         self._keys = keys
         self._health = health

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from llm_consumer.store.admission import Admission
 from llm_consumer.store.cache import ResponseCache
+from llm_consumer.store.client import RedisClient
 from llm_consumer.store.feedback import LimitFeedback, ProviderFeedback
 from llm_consumer.store.health import RedisHealth
 from llm_consumer.store.jobs import Claim, JobLedger
@@ -31,7 +31,7 @@ class Policy:
 
 
 class Guard:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, limits: LimitsConfig,
+    def __init__(self, redis: RedisClient, keys: Keys, *, limits: LimitsConfig,
                  policy: Policy, cache_ttl_default_s: int, cache_ttls: Mapping[str, int],
                  prices: Mapping[str, Price], ledger: JobLedger | None = None,
                  health: RedisHealth | None = None) -> None:

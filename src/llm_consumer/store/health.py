@@ -13,11 +13,15 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import structlog
+from redis.exceptions import RedisError
+
+from llm_consumer.store.client import misconfiguration
 
 log = structlog.get_logger(__name__)
 
 DEGRADED_MODE = ("response cache and cross-replica single-flight off; rate limits held in "
-                 "this replica's memory at 1/RATE_LIMIT_REPLICAS_HINT of each limit")
+                 "this replica's memory at 1/RATE_LIMIT_REPLICAS_HINT of each limit, "
+                 "rounded down")
 
 
 class RedisHealth:
@@ -51,6 +55,9 @@ class RedisHealth:
     def failed(self, during: str, error: Exception) -> None:
         now = time.monotonic()
         self._retry_at = now + self._cooldown_s
+        wrong = misconfiguration(error) if isinstance(error, RedisError) else None
+        if wrong is not None:  # not an outage: say so on every occurrence, loudly
+            log.error("redis.misconfigured", during=during, error=wrong)
         if self._down_since is None:
             self._down_since = now
             log.warning("redis.unavailable", during=during, error=str(error),

@@ -17,10 +17,10 @@ from importlib import resources
 from typing import Literal, TypeVar, cast
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from llm_consumer.store.client import RedisClient
 from llm_consumer.store.health import RedisHealth
 from llm_consumer.store.keys import Keys
 
@@ -35,9 +35,13 @@ def _script(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text()
 
 
-CLAIM_JOB_FUNCTION = _script("claim_job.lua")  # shared with admit.lua
-CLAIM_SCRIPT = CLAIM_JOB_FUNCTION + _script("claim.lua")
+CLAIM_SCRIPT = _script("claim_job.lua") + _script("claim.lua")
 RELEASE_SCRIPT = _script("release.lua")
+RECORD_SCRIPT = """
+-- KEYS[1] job record; ARGV[1] this instance, ARGV[2] final events (JSON array), ARGV[3] ttl (s)
+redis.call('HSET', KEYS[1], 'state', 'done', 'owner', ARGV[1], 'events', ARGV[2])
+return redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,7 @@ def stored_events(events: list[bytes]) -> bytes:
 class JobLedger:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         instance_id: str,
@@ -92,21 +96,31 @@ class JobLedger:
         self._lease_s = lease_s
         self._claim = redis.register_script(CLAIM_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
+        self._record = redis.register_script(RECORD_SCRIPT)
 
     @property
     def instance_id(self) -> str:
         return self._instance
 
-    def record_input(self, request_id: str, events: list[bytes]) -> tuple[str, list[Arg]]:
-        """Key and arguments of a `done` record (finish.lua writes it with the request's
-        other after-work; `finish` below on its own)."""
-        return (self._keys.job(request_id),
-                [stored_events(events), self._instance, self._result_ttl_s])
-
-    def claim_input(self, request_id: str) -> tuple[list[str], list[Arg]]:
-        """Keys and arguments of claim_job.lua for `request_id` (also used by admit.lua)."""
+    def claim_input(self, request_id: str, dead: str = "") -> tuple[list[str], list[Arg]]:
+        """Keys and arguments of claim.lua for `request_id` (`dead`: an owner whose lease
+        lapsed, whose claim may be taken over)."""
         return ([self._keys.job(request_id), self._keys.cancelled(request_id)],
-                [self._instance, self._keys.instance_prefix(), self._result_ttl_s])
+                [self._instance, dead, self._result_ttl_s])
+
+    async def alive(self, instance_id: str) -> bool:
+        """Whether `instance_id`'s liveness lease runs (raises RedisError)."""
+        return bool(await self._redis.exists(self._keys.instance(instance_id)))
+
+    async def claim_now(self, request_id: str) -> Claim:
+        """claim.lua, asking again when the request is busy on an instance whose lease lapsed
+        (that takes it over). Raises RedisError."""
+        keys, args = self.claim_input(request_id)
+        claim = claim_from(*await self._claim(keys=keys, args=args))
+        if claim.verdict == "busy" and claim.owner and not await self.alive(claim.owner):
+            keys, args = self.claim_input(request_id, dead=claim.owner)
+            claim = claim_from(*await self._claim(keys=keys, args=args))
+        return claim
 
     async def heartbeat(self) -> bool:
         """Refresh this instance's liveness key; False when Redis is unreachable."""
@@ -123,24 +137,17 @@ class JobLedger:
             await self._redis.delete(self._keys.instance(self._instance))
 
     async def claim(self, request_id: str) -> Claim:
-        keys, args = self.claim_input(request_id)
-        answer = await self._call("claim", lambda: self._claim(keys=keys, args=args))
-        if answer is None:
-            return Claim("claimed", degraded=True)
-        verdict, payload = answer
-        return claim_from(verdict, payload)
+        answer = await self._call("claim", lambda: self.claim_now(request_id))
+        return Claim("claimed", degraded=True) if answer is None else answer
 
     async def finish(self, request_id: str, events: list[bytes]) -> None:
         """Record the final events so a redelivery re-publishes them instead of regenerating."""
-        key, (stored, _, _) = self.record_input(request_id, events)
+        await self._call("finish", lambda: self.record(request_id, events))
 
-        async def write() -> object:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping={"state": "done", "owner": self._instance, "events": stored})
-                pipe.expire(key, self._result_ttl_s)
-                return await pipe.execute()
-
-        await self._call("finish", write)
+    async def record(self, request_id: str, events: list[bytes]) -> None:
+        """The `done` record with its ttl, in one script call (raises RedisError)."""
+        await self._record(keys=[self._keys.job(request_id)],
+                           args=[self._instance, stored_events(events), self._result_ttl_s])
 
     async def release(self, request_id: str) -> None:
         """Forget this instance's unfinished claim so a retry copy, on any replica, may claim

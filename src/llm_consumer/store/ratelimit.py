@@ -2,7 +2,7 @@
 
 A scope is one limit that applies to a request: global, per user, per operation, per model
 (requests, and tokens beside them) and the provider's own budget for a model, learnt from its
-response headers (see `feedback`). The shared check runs in Redis (`admit.lua`); this module
+response headers (see `feedback`). The shared check runs in Redis (`limits.lua`); this module
 builds the scopes and keeps a per-replica copy of recent admissions so that, with Redis down,
 each replica can go on at a 1/`replicas_hint` share of every limit, starting from what it
 admitted itself, and hand its degraded-mode admissions back to Redis when it returns.
@@ -135,7 +135,9 @@ class LocalLimiter:
         self._records = 0
 
     def share(self, scope: Scope) -> int:
-        return max(1, scope.limit // self._hint)
+        """Rounded down, so the replicas' shares never add up to more than the limit: a limit
+        smaller than the replica count admits nothing here until Redis answers again."""
+        return scope.limit // self._hint
 
     def check(self, scopes: list[Scope], now_us: int | None = None,
               ) -> tuple[int, Scope | None, list[Notice]]:

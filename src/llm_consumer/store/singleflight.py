@@ -7,7 +7,7 @@ a replica that finds a claim follows it, polling (20 ms doubling to 250 ms) for 
 leader stores in the cache entry. Every wait is bounded: a leader that fails releases its claim
 and the followers go their own way; one that dies leaves a claim naming it, and as soon as its
 instance liveness key lapses, followers stop waiting and the next request takes the claim over
-(admit.lua). Followers that time out compute the answer themselves. Nothing ever hangs.
+(lookup.lua). Followers that time out compute the answer themselves. Nothing ever hangs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import asyncio
 import time
 from typing import Literal
 
-import redis.asyncio as aioredis
-
+from llm_consumer.store.client import RedisClient
 from llm_consumer.store.keys import Keys
 
 POLL_FIRST_S = 0.02
@@ -55,7 +54,7 @@ class LocalFlights:
             return None
 
 
-async def await_leader(redis: aioredis.Redis, keys: Keys, *, kind: str, digest: str,
+async def await_leader(redis: RedisClient, keys: Keys, *, kind: str, digest: str,
                        generation: str, deadline: float,
                        leader: str | None = None) -> bytes | Vanished | TimedOut:
     """Poll until the leader on another replica stored its answer (under `generation`), let

@@ -2,7 +2,7 @@
 estimated cost (from a price table, USD per 1,000 tokens) and cache hits.
 
 One Redis hash per day, a field per (model, kind, user, metric), kept USAGE_RETENTION_DAYS.
-The increments of a request travel in the same script call that stores its answer (`finish.lua`);
+The increments of a request travel beside the call that stores its answer (`Admission.finish`);
 while Redis is down they add up in memory and are written back when it returns.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import orjson
-import redis.asyncio as aioredis
 
+from llm_consumer.store.client import RedisClient
 from llm_consumer.store.keys import Keys
 
 USAGE_RETENTION_DAYS = 90
@@ -86,7 +86,7 @@ class PendingUsage:
                 self._floats.add(name)
             self._days[day][name] += float(value)
 
-    async def flush(self, redis: aioredis.Redis, keys: Keys) -> None:
+    async def flush(self, redis: RedisClient, keys: Keys) -> None:
         """Write the increments back; on failure they stay pending (the error propagates)."""
         days, self._days = self._days, defaultdict(_counts)
         if not days:
@@ -130,7 +130,7 @@ def last_days(count: int, until: str | None = None) -> list[str]:
     return [(end - timedelta(days=n)).isoformat() for n in range(count)]
 
 
-async def read_usage(redis: aioredis.Redis, keys: Keys, days: Iterable[str], *,
+async def read_usage(redis: RedisClient, keys: Keys, days: Iterable[str], *,
                      user: str | None = None, model: str | None = None) -> list[UsageRow]:
     """Rows per (day, model, kind, user), filtered, sorted by day (newest first) then cost."""
     rows: list[UsageRow] = []

@@ -1,58 +1,21 @@
--- The hot path in one round trip: the job ledger's claim (optional), response-cache lookup,
--- single-flight claim, and one atomic check-and-record over every rate-limit scope of the
--- request (all pass, or nothing is recorded). Time is Redis server time in microseconds, so
--- replicas' clocks never matter. claim_job.lua is prepended.
+-- One atomic check-and-record over every rate-limit scope of a request: all pass, or nothing
+-- is recorded. Time is Redis server time in microseconds, so replicas' clocks never matter.
+-- Every key carries the one limiter hash tag (keys.py), so this runs on a Redis Cluster too.
 --
--- KEYS[1] cache entry (hash: g = generation, v = stored replies)
--- KEYS[2] cache generations (hash: '*' and one field per kind)
--- KEYS[3] single-flight claim (string: '<owner instance>/<admission id>')
--- KEYS[4] job record        KEYS[5] job cancel marker
--- KEYS[6..] four per scope: log (zset; a hash for a provider budget), token sum,
---           warning throttle, exceeded throttle
--- ARGV[1] read the cache (1/0)  ARGV[2] coalesce (1/0)  ARGV[3] kind  ARGV[4] admission id
--- ARGV[5] claim lease (ms)      ARGV[6] warn ratio
--- ARGV[7] claim the job (1/0)   ARGV[8] this instance
--- ARGV[9] instance liveness key prefix ('' = owners are not tracked)  ARGV[10] job ttl (s)
--- ARGV[11..] four per scope: measure (count|sum|budget), limit, window (us), cost
--- Returns {'done', stored events} | {'cancelled', ''} | {'busy', owner}   (the job claim)
---       | {'hit', replies} | {'follow', generation, lease left (ms), leader instance}
---       | {'admit', now, generation, notices...}
+-- KEYS four per scope: log (zset; a hash for a provider budget), token sum, warning throttle,
+--      exceeded throttle
+-- ARGV[1] admission id   ARGV[2] warn ratio
+-- ARGV[3..] four per scope: measure (count|sum|budget), limit, window (us), cost
+-- Returns {'admit', now, notices...}
 --       | {'limited', now, wait (us), index of the scope that waits longest, notices...}
 -- A notice is five values: 'warning' or 'exceeded', scope index, remaining, wait (us), limit.
--- A single-flight claim whose owner has no liveness key was left by a dead instance: taken over.
 
-local FIXED_KEYS, FIXED_ARGS = 5, 10
-
-if ARGV[7] == '1' then
-  local claim = claim_job(KEYS[4], KEYS[5], ARGV[8], ARGV[9], ARGV[10])
-  if claim[1] ~= 'claimed' then
-    return claim
-  end
-end
-
+local FIXED_KEYS, FIXED_ARGS = 0, 2
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local g = redis.call('HMGET', KEYS[2], '*', ARGV[3])
-local gen = (g[1] or '0') .. '.' .. (g[2] or '0')
-
-if ARGV[1] == '1' then
-  local entry = redis.call('HMGET', KEYS[1], 'g', 'v')
-  if entry[1] == gen and entry[2] then
-    return {'hit', entry[2]}
-  end
-end
-if ARGV[2] == '1' then
-  local holder = redis.call('GET', KEYS[3])
-  local owner = holder and string.match(holder, '^(.*)/[^/]*$')
-  local alive = owner and (ARGV[9] == '' or (owner ~= ARGV[8]
-                          and redis.call('EXISTS', ARGV[9] .. owner) == 1))
-  if alive then
-    return {'follow', gen, redis.call('PTTL', KEYS[3]), owner}
-  end
-end
 
 local n = (#ARGV - FIXED_ARGS) / 4
-local warn = tonumber(ARGV[6])
+local warn = tonumber(ARGV[2])
 local notices = {}
 local used = {}
 local wait, worst = 0, 0
@@ -143,11 +106,11 @@ for i = 1, n do
   else
     local ttl = math.ceil(window / 1000) + 1
     if measure == 'sum' then
-      redis.call('ZADD', log, now, ARGV[4] .. ':' .. cost)
+      redis.call('ZADD', log, now, ARGV[1] .. ':' .. cost)
       redis.call('INCRBY', KEYS[k + 2], cost)
       redis.call('PEXPIRE', KEYS[k + 2], ttl)
     else
-      redis.call('ZADD', log, now, ARGV[4])
+      redis.call('ZADD', log, now, ARGV[1])
     end
     redis.call('PEXPIRE', log, ttl)
     if used[i] + cost >= warn * limit then
@@ -155,7 +118,4 @@ for i = 1, n do
     end
   end
 end
-if ARGV[2] == '1' then
-  redis.call('SET', KEYS[3], ARGV[8] .. '/' .. ARGV[4], 'PX', ARGV[5])
-end
-return {'admit', now, gen, unpack(notices)}
+return {'admit', now, unpack(notices)}
