@@ -108,7 +108,7 @@ async def test_a_900_kb_context_is_fitted_to_the_window(openai_service: Any,
     assert result.final["type"] == catalog.CONTENT_GENERATED
     system, user, body = sent(fake_openai)
     prompt = O200K.count(system) + O200K.count(user) + O200K.count(
-        json.dumps(body["response_format"]))
+        orjson.dumps(body["response_format"]).decode())  # compact, as it went on the wire
     assert prompt + body["max_completion_tokens"] <= 8192
     assert prompt > 4000, "fitted, not wiped"
     fitted = quoted(user)["context"]
