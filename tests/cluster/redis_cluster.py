@@ -1,0 +1,141 @@
+"""A Redis Cluster of the tests' own: 6 `redis-server --cluster-enabled yes` on loopback ports
+(3 masters, 3 replicas) joined with `redis-cli --cluster create --cluster-replicas 1`.
+
+Each node has its own directory (nodes.conf, no persistence); cluster-node-timeout is short, so a
+killed master's replica is promoted within a few seconds. `stop` kills every node it started,
+whatever state the test left them in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NODE_TIMEOUT_MS = 1000
+START_TIMEOUT_S = 30.0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports(count: int) -> list[int]:
+    """Ports whose cluster bus port (+10000) is free as well."""
+    found: list[int] = []
+    while len(found) < count:
+        port = random.randint(20000, 29999)
+        if port not in found and _bindable(port) and _bindable(port + 10000):
+            found.append(port)
+    return found
+
+
+@dataclass
+class RedisNode:
+    port: int
+    dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf"),
+             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    def role(self) -> str:
+        return self.cli("ROLE").split("\n", 1)[0].strip()
+
+
+@dataclass
+class RedisCluster:
+    nodes: list[RedisNode] = field(default_factory=list)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="llm-rcluster-")))
+
+    @property
+    def url(self) -> str:
+        """REDIS_URL for REDIS_MODE=cluster: every node as a seed."""
+        return "redis://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, size: int = 6) -> None:
+        for port in cluster_ports(size):
+            node_dir = self.root / str(port)
+            node_dir.mkdir()
+            self.nodes.append(RedisNode(port, node_dir))
+        for node in self.nodes:
+            node.start()
+        for node in self.nodes:
+            _wait_for(lambda n=node: n.cli("PING").strip() == "PONG", "node up")
+        created = subprocess.run(
+            ["redis-cli", "--cluster", "create",
+             *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", "1", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60)
+        if created.returncode != 0:
+            raise RuntimeError(f"cluster create failed: {created.stdout}{created.stderr}")
+        for node in self.nodes:
+            _wait_for(lambda n=node: "cluster_state:ok" in n.cli("CLUSTER", "INFO"),
+                      "cluster state ok")
+
+    def masters(self) -> list[RedisNode]:
+        return [n for n in self.nodes if n.process is not None and n.role() == "master"]
+
+    def master_of(self, key: str) -> RedisNode:
+        """The node that serves `key`'s slot now."""
+        slot = int(self.nodes[0].cli("CLUSTER", "KEYSLOT", key).strip())
+        for node in self.masters():
+            if _serves(node, slot):
+                return node
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _serves(node: RedisNode, slot: int) -> bool:
+    """Whether `node` owns `slot` (CLUSTER NODES: the 'myself' line lists its slot ranges)."""
+    for line in node.cli("CLUSTER", "NODES").splitlines():
+        parts = line.split()
+        if len(parts) > 8 and "myself" in parts[2]:
+            for piece in parts[8:]:
+                if piece.startswith("["):
+                    continue
+                low, _, high = piece.partition("-")
+                if int(low) <= slot <= int(high or low):
+                    return True
+    return False
+
+
+def _wait_for(check: object, what: str) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis cluster: timed out waiting for {what}")
+        time.sleep(0.05)
