@@ -102,7 +102,7 @@ def varied_words(chars: int, seed: int = 3) -> str:
 
 
 FULL_THEME = {"preset": "dark-fantasy", "genre": "g" * 200, "tone": "t" * 200,
-              "style": "s" * 200, "language_patterns": ["pattern " * 25] * 20}
+              "style": "s" * 200, "language_patterns": [" ".join(["pattern"] * 25)] * 20}
 
 
 def data_tokens(counter: TokenCounter, fitted: Fitted) -> int:
@@ -176,3 +176,27 @@ def test_a_window_too_small_for_the_services_own_text_is_refused() -> None:
                  budget=Budget(1024, O200K, 500))
     assert caught.value.code == "context_length_exceeded"
     assert "1024-token window" in caught.value.message
+
+
+@pytest.mark.parametrize("counter", [O200K, EstimatedCounter()], ids=["o200k", "estimate"])
+@pytest.mark.parametrize("notes", ["<>&" * 300_000, varied_words(900_000)],
+                         ids=["escapes", "words"])
+def test_the_bulk_is_cut_and_the_rest_kept(counter: TokenCounter, notes: str) -> None:
+    # A megabyte of notes beside a full theme: the notes shrink, the theme stays whole, and
+    # the fit is close to the window (neither over nor far under it).
+    fitted = fit_data({"name": "Mira", "notes": notes}, FULL_THEME, fixed_text="rules",
+                      budget=Budget(8192, counter, 900))
+    assert fitted.theme == FULL_THEME
+    data = data_tokens(counter, fitted)
+    limit = 8192 - 900 - counter.count("rules") - 2 * 4 - 64
+    assert limit * 0.75 <= data <= limit, (data, limit)
+    assert fitted.context["notes"].startswith(notes[:500])
+    assert len(fitted.report.actions) <= 8
+
+
+def test_one_huge_list_is_cut_in_a_few_rounds() -> None:
+    context = {"name": "Mira", "rolls": [[i] for i in range(150_000)]}
+    fitted = fit_data(context, None, fixed_text="rules", budget=Budget(8192, O200K, 900))
+    assert fitted.context["rolls"] == context["rolls"][: len(fitted.context["rolls"])]
+    assert 100 < len(fitted.context["rolls"]) < 5_000
+    assert len(fitted.report.actions) <= 6

@@ -5,16 +5,15 @@ Importance: the fields a kind cannot do without (`required_context`), the short 
 of a sheet (name, race, class, ...) and the theme's genre, tone and style are kept longest;
 long free text and lists elsewhere (the theme's language patterns included) go first. Each
 round shortens the largest remaining leaves by what the excess needs, at most by half (a string
-keeps its head and tail, a list its first items), or drops them once small. A huge context is
-first cut by its size alone (counting the tokens of a megabyte costs ~0.2 s), then by token
-counts; after MAX_ROUNDS the context is cut as one text. When even the service's own text
-leaves no room for an answer, the request is refused with `context_length_exceeded`: a prompt
-over the window is never sent.
+keeps its head and tail, a list its first items; one leaf far above the rest is cut at once), or
+drops them once small. A huge context is first cut by its size alone (counting the tokens of
+a megabyte costs ~0.2 s), then by token counts; after MAX_ROUNDS the context is cut as one
+text. When even the service's own text leaves no room for an answer, the request is refused
+with `context_length_exceeded`: a prompt over the window is never sent.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Callable
@@ -140,20 +139,21 @@ def _protected(keep: frozenset[str], *, with_theme: bool) -> frozenset[Path]:
 def _shrink(root: dict[str, Any], limit: int, count: Count, report: FitReport,
             important: frozenset[Path]) -> tuple[dict[str, Any], int]:
     """(the shrunk copy of `root`, its token count): at most `limit` tokens when possible."""
-    fitted: dict[str, Any] = _normalize(copy.deepcopy(root))
+    fitted: dict[str, Any] = _normalize(root)  # a new tree: the request's data stays as it is
     report.actions.append("collapsed whitespace")
     rounds = 0
     size_limit = limit * COARSE_CHARS_PER_TOKEN
-    while rounds < MAX_ROUNDS and (size := len(serialize(fitted))) > size_limit:
-        rounds += 1
-        if not _shrink_round(fitted, important, size - size_limit, report):
-            break
     text = serialize(fitted)
+    while rounds < MAX_ROUNDS and len(text) > size_limit:
+        rounds += 1
+        if not _shrink_round(fitted, text, important, len(text) - size_limit, report):
+            break
+        text = serialize(fitted)
     tokens = count(text)
     while rounds < MAX_ROUNDS and tokens > limit:
         rounds += 1
         excess_chars = math.ceil((tokens - limit) * len(text) / tokens)
-        if not _shrink_round(fitted, important, excess_chars, report):
+        if not _shrink_round(fitted, text, important, excess_chars, report):
             break
         text = serialize(fitted)
         tokens = count(text)
@@ -203,19 +203,25 @@ def _normalize(node: Any) -> Any:
 
 
 def _sized(node: Any, path: Path, open_: bool, protected: frozenset[Path],
-           found: list[tuple[int, Path]]) -> int:
+           found: list[tuple[int, Path]], escapes: bool) -> int:
     """The size of `node` as `serialize` writes it (about: scalars and key quoting are
-    approximate); collects (size, path) of every string, and every list of more than one item,
-    not under a protected path. A one-item list is not a candidate: its item is."""
+    approximate; `escapes` says whether any `<`, `>` or `&` is worth counting); collects
+    (size, path) of every string, and every list of more than one item, not under a protected
+    path. A one-item list is not a candidate: its item is."""
     open_ = open_ and path not in protected
     if isinstance(node, str):
-        size = len(node) + 2 + 5 * (node.count("<") + node.count(">") + node.count("&"))
+        size = len(node) + 2
+        if escapes:
+            size += 5 * (node.count("<") + node.count(">") + node.count("&"))
     elif isinstance(node, dict):
-        return 2 + sum(len(str(key)) + 4 + _sized(value, (*path, key), open_, protected, found)
-                       for key, value in node.items())
+        size = 2
+        for key, value in node.items():
+            size += len(key) + 4 + _sized(value, (*path, key), open_, protected, found, escapes)
+        return size
     elif isinstance(node, list):
-        size = 1 + sum(1 + _sized(value, (*path, index), open_, protected, found)
-                       for index, value in enumerate(node))
+        size = 1
+        for index, value in enumerate(node):
+            size += 1 + _sized(value, (*path, index), open_, protected, found, escapes)
         if len(node) < 2:
             return size
     else:
@@ -225,43 +231,53 @@ def _sized(node: Any, path: Path, open_: bool, protected: frozenset[Path],
     return size
 
 
-def _shrink_round(root: dict[str, Any], protected: frozenset[Path], excess_chars: int,
-                  report: FitReport) -> bool:
-    """Halve (or drop, when small) the largest leaves outside `protected` until about
-    `excess_chars` are freed; the protected ones only when nothing else is left. One walk of
-    the tree per round, so a context of many small fields costs a few walks, not thousands."""
+def _shrink_round(root: dict[str, Any], text: str, protected: frozenset[Path],
+                  excess_chars: int, report: FitReport) -> bool:
+    """Shorten (or drop, when small) the largest leaves outside `protected` until about
+    `excess_chars` are freed; the protected ones only when nothing else is left. Only leaves at
+    least half the size of the largest are touched in a round, so smaller ones (a theme's
+    language patterns beside a megabyte of notes) are cut only once the large ones have come
+    down to them. One walk of the tree per round: many small fields cost a few walks."""
     found: list[tuple[int, Path]] = []
-    _sized(root, (), True, protected, found)
+    escapes = "\\u00" in text  # `text` is serialized: its `<`, `>`, `&` are escaped
+    _sized(root, (), True, protected, found, escapes)
     if not found:
-        _sized(root, (), True, frozenset(), found)
+        _sized(root, (), True, frozenset(), found, escapes)
     if not found:
         return False
     found.sort(key=lambda item: item[0], reverse=True)
-    chosen: list[tuple[Path, int]] = []  # (path, characters to cut; 0: drop it)
+    tier = found[0][0] // 2
+    top = sum(size for size, _ in found if size >= tier)
+    if top < excess_chars // 2:
+        tier = 0  # the largest leaves cannot make a dent: all take part, largest first
+    # One leaf far above the rest (a megabyte of notes) is cut by what is needed at once.
+    alone = top == found[0][0]
+    chosen: list[tuple[Path, int, int]] = []  # (path, its size, characters to cut; 0: drop)
     freed = 0
     for size, path in found:
-        if freed >= excess_chars:
+        if freed >= excess_chars or size < tier:
             break
         if size < DROP_BELOW_CHARS:
-            chosen.append((path, 0))
+            chosen.append((path, size, 0))
             # A dropped object member frees its key too; a dropped list item its comma.
             key = path[-1]
             freed += size + (len(key) + 4 if isinstance(key, str) else 1)
         else:
-            cut = min(size // 2, max(excess_chars - freed, DROP_BELOW_CHARS))
-            chosen.append((path, cut))
+            most = size * 7 // 8 if alone else size // 2
+            cut = min(most, max(excess_chars - freed, DROP_BELOW_CHARS))
+            chosen.append((path, size, cut))
             freed += cut
     # Descendants before ancestors and later list items before earlier ones: every path
     # still leads where it did when it was collected.
     chosen.sort(key=lambda item: item[0], reverse=True)
     shortened = dropped = 0
-    for path, cut in chosen:
+    for path, size, cut in chosen:
         parent: Any = root
         for step in path[:-1]:
             parent = parent[step]
         last = path[-1]
         if cut:
-            parent[last] = _shorten(parent[last], cut)
+            parent[last] = _shorten(parent[last], size, cut)
             shortened += 1
         else:
             del parent[last]
@@ -271,16 +287,17 @@ def _shrink_round(root: dict[str, Any], protected: frozenset[Path], excess_chars
     return True
 
 
-def _shorten(value: str | list[Any], cut: int) -> str | list[Any]:
-    """`value` about `cut` characters shorter, at most by half: a string keeps its head and
-    tail around an ellipsis, a list its first items."""
+def _shorten(value: str | list[Any], size: int, cut: int) -> str | list[Any]:
+    """`value` (of about `size` characters serialized) about `cut` characters shorter, and
+    never empty: a string keeps its head and tail around an ellipsis, a list its first items.
+    `size` and `cut` count serialized characters (an escaped `<` is six): the cut is scaled."""
     if isinstance(value, str):
-        keep = max(len(value) - cut - len(ELLIPSIS), len(value) // 2)
+        chars = math.ceil(cut * len(value) / max(size, 1))
+        keep = max(len(value) - chars - len(ELLIPSIS), len(value) // 8)
         head = (keep * 2) // 3
         return value[:head] + ELLIPSIS + value[len(value) - (keep - head):]
-    size = sum(len(serialize(item)) + 1 for item in value)
     drop = math.ceil(len(value) * cut / max(size, 1))
-    return value[: max(len(value) - drop, len(value) // 2)]
+    return value[: max(len(value) - drop, 1)]
 
 
 @dataclass(frozen=True, slots=True)
