@@ -21,11 +21,20 @@ from pydantic import BaseModel
 
 from llm_consumer import metrics
 from llm_consumer.auth import Principal, TokenVerifier, require
+from llm_consumer.bus.outcome import (
+    Busy,
+    Completed,
+    Defer,
+    Duplicate,
+    Failed,
+    Limits,
+    Outcome,
+    Retry,
+    decide,
+)
 from llm_consumer.bus.publisher import Publisher, parked_dead_letter
-from llm_consumer.bus.retry import deferral_delay, retry_delay
 from llm_consumer.bus.retry_state import FIRST, RetrySigner, RetryState
 from llm_consumer.errors import (
-    Deferred,
     Forbidden,
     InvalidRequest,
     PermanentFailure,
@@ -53,7 +62,6 @@ from llm_consumer.store.jobs import AlreadyClaimed, Claim, JobLedger
 log = structlog.get_logger("llm_consumer.consumer")
 
 ADMIN = "llm:admin"
-BUSY_RETRY_S = 5.0
 UNSETTLED_BACKOFF_S = 1.0
 LATENCY_WINDOW = 1000
 
@@ -116,6 +124,7 @@ class Consumer:
         deps: Deps,
     ) -> None:
         self._config = config
+        self._limits = Limits(config.max_attempts, config.max_defer_s)
         self._rules = rules
         self._publisher = publisher
         self._ledger = ledger
@@ -267,14 +276,15 @@ class Consumer:
         settle = _Settling(message, reply_to, state, calls)
         key = RequestOwner(principal.subject, env.source).key(env.id)
         if key in self._running:  # a redelivery while the first copy still runs here
-            return await self._answer_from_ledger(settle, env, data, key, Claim("busy"))
+            return await self._carry_out(settle, env, data, key, Busy(), [])
         # With the pipeline in front of the handler, the ledger claim rides on the request's
         # admission (one Redis round trip); without it, it is made here.
         claims_in_job = self._deps.guard is not None
         if not claims_in_job:
             claim = await self._ledger.claim(key)
             if claim.verdict != "claimed":
-                return await self._answer_from_ledger(settle, env, data, key, claim)
+                return await self._carry_out(settle, env, data, key, self._decide(claim, settle),
+                                             [])
 
         async def running() -> None:
             await self._status(env, "running", attempt, reply_to)
@@ -295,20 +305,12 @@ class Consumer:
                           seal=seal if claims_in_job else None)
         if not claims_in_job:
             await running()
-        outcome = await self._run_job(request, key)
-        if isinstance(outcome, Claim):
-            return await self._answer_from_ledger(settle, env, data, key, outcome)
-        if isinstance(outcome, ServiceError):
-            return await self._fail(settle, env, data, key, outcome)
-        events = sealed or [new_event(r.type, r.data, source=self._config.source, cause=env)
-                            for r in outcome]
-        if not sealed:
-            await self._ledger.finish(key, [_encode(e) for e in events])
-        await self._status(env, "completed", attempt, reply_to)
-        for event in events:
-            await self._publisher.publish_event(event, reply_to=reply_to)
-        await message.ack()
-        return "completed"
+        result = await self._run_job(request, key)
+        return await self._carry_out(settle, env, data, key, self._decide(result, settle), sealed)
+
+    def _decide(self, result: list[Reply] | ServiceError | Claim, settle: _Settling) -> Outcome:
+        return decide(result, attempt=settle.state.attempt, deferred_s=settle.state.deferred_s,
+                      limits=self._limits)
 
     async def _run_job(self, request: Request, key: str) -> list[Reply] | ServiceError | Claim:
         """Run the handler as its own task, so job.cancel and the deadline can stop it alone.
@@ -339,83 +341,65 @@ class Consumer:
         finally:
             self._running.pop(key, None)
 
-    async def _answer_from_ledger(self, settle: _Settling, env: Envelope,
-                                  data: ContentRequested | ImageRequested, key: str,
-                                  claim: Claim) -> str:
-        """Settle a request the ledger already knows about (done, cancelled, running)."""
-        message = settle.message
-        if claim.verdict == "done":
-            for raw in claim.stored_events:
-                await self._publisher.publish_event(Envelope.model_validate_json(raw),
-                                                    reply_to=settle.reply_to)
-            await message.ack()
-            return "duplicate"
-        if claim.verdict == "cancelled":
-            failure = PermanentFailure("cancelled before it started", code="cancelled")
-            return await self._fail(settle, env, data, key, failure)
-        await self._publisher.retry_later(message, state=settle.spent(), delay_s=BUSY_RETRY_S)
-        await message.ack()
-        return "busy"
-
-    async def _fail(self, settle: _Settling, env: Envelope,
-                    data: ContentRequested | ImageRequested, key: str,
-                    failure: ServiceError) -> str:
+    async def _carry_out(self, settle: _Settling, env: Envelope,
+                         data: ContentRequested | ImageRequested, key: str, outcome: Outcome,
+                         sealed: list[Envelope]) -> str:
+        """Do what `outcome` says, always in this order: job ledger, job status, events, the
+        copy that replaces the delivery (retry or dead letter), ack. Returns the outcome's name
+        for the log line and the metrics."""
         message, reply_to, attempt = settle.message, settle.reply_to, settle.state.attempt
-        if isinstance(failure, Deferred):
-            if await self._defer(settle, env, key, failure):
-                return "deferred"
-            failure = Deferred(f"{failure.message}; gave up after {settle.state.deferred_s:g}s "
-                               "of waiting (RATE_LIMIT_MAX_WAIT_S)",
-                               retry_after_s=failure.retry_after_s)
-        log.warning("request.failed", code=failure.code, reason=failure.message, attempt=attempt)
-        if (isinstance(failure, TransientFailure) and not isinstance(failure, Deferred)
-                and attempt + 1 < self._config.max_attempts):
+        if isinstance(outcome, Completed):
+            events = sealed or [new_event(r.type, r.data, source=self._config.source, cause=env)
+                                for r in outcome.replies]
+            if not sealed:  # the pipeline's finish.lua did not record them: record here
+                await self._ledger.finish(key, [_encode(e) for e in events])
+            await self._status(env, "completed", attempt, reply_to)
+            for event in events:
+                await self._publisher.publish_event(event, reply_to=reply_to)
+            name = "completed"
+        elif isinstance(outcome, Duplicate):
+            for raw in outcome.stored_events:
+                await self._publisher.publish_event(Envelope.model_validate_json(raw),
+                                                    reply_to=reply_to)
+            name = "duplicate"
+        elif isinstance(outcome, Busy):
+            await self._publisher.retry_later(message, state=settle.spent(),
+                                              delay_s=outcome.delay_s)
+            name = "busy"
+        elif isinstance(outcome, Retry | Defer):
             await self._ledger.release(key)
-            delay = retry_delay(attempt, failure.retry_after_s)
-            await self._publisher.retry_later(message, state=settle.spent(attempt=attempt + 1),
-                                              delay_s=delay)
-            await self._status(env, "deferred", attempt + 1, reply_to)
-            await message.ack()
-            return "retry"
+            copy = (settle.spent(attempt=outcome.attempt) if isinstance(outcome, Retry)
+                    else settle.spent(deferred_s=outcome.deferred_s))
+            await self._publisher.retry_later(message, state=copy, delay_s=outcome.delay_s)
+            await self._status(env, "deferred", copy.attempt, reply_to)
+            name = "retry" if isinstance(outcome, Retry) else "deferred"
+        else:
+            name = await self._failed(settle, env, data, key, outcome)
+        await message.ack()
+        return name
+
+    async def _failed(self, settle: _Settling, env: Envelope,
+                      data: ContentRequested | ImageRequested, key: str,
+                      outcome: Failed) -> str:
+        error, attempt = outcome.error, settle.state.attempt
+        log.warning("request.failed", code=error.code, reason=error.message, attempt=attempt)
         failed = GenerationFailed(
             request_id=env.id, request_type=env.type, kind=data.kind.value,
-            error=ErrorInfo(code=failure.code, message=failure.message,
-                            retryable=failure.retryable),
+            error=ErrorInfo(code=error.code, message=error.message, retryable=error.retryable),
             attempts=attempt + 1,
         )
         failed_event = new_event(catalog.GENERATION_FAILED, failed, source=self._config.source,
                                  cause=env)
-        final_state: JobState = "cancelled" if failure.code == "cancelled" else "failed"
-        if isinstance(failure, PermanentFailure):
-            # Final for this id: a re-send gets the same answer without paying again.
+        if outcome.remember:  # a re-send gets the same answer without paying again
             await self._ledger.finish(key, [_encode(failed_event)])
-        else:
-            # Out of attempts, or unexpected: ops may replay it from the DLQ, so forget the claim.
+        else:  # ops may replay it from the dead-letter queue: forget the claim
             await self._ledger.release(key)
-        await self._status(env, final_state, attempt, reply_to)
-        await self._publisher.publish_event(failed_event, reply_to=reply_to)
-        if not isinstance(failure, PermanentFailure):
-            await self._publisher.dead_letter(message, code=failure.code, reason=failure.message)
-        await message.ack()
-        return failure.code
-
-    async def _defer(self, settle: _Settling, env: Envelope, key: str,
-                     failure: Deferred) -> bool:
-        """Over a rate limit: to a delay queue with the same attempt, while the total wait
-        stays under `max_defer_s`; False when it is used up."""
-        waited = settle.state.deferred_s
-        if waited >= self._config.max_defer_s:
-            return False
-        delay = deferral_delay(min(failure.retry_after_s, self._config.max_defer_s - waited))
-        await self._ledger.release(key)
-        await self._publisher.retry_later(settle.message,
-                                          state=settle.spent(deferred_s=waited + delay),
-                                          delay_s=delay)
-        await self._status(env, "deferred", settle.state.attempt, settle.reply_to)
-        await settle.message.ack()
-        log.info("request.deferred", reason=failure.message, delay_s=delay,
-                 waited_s=waited + delay)
-        return True
+        await self._status(env, outcome.state, attempt, settle.reply_to)
+        await self._publisher.publish_event(failed_event, reply_to=settle.reply_to)
+        if outcome.dead_letter:
+            await self._publisher.dead_letter(settle.message, code=error.code,
+                                              reason=error.message)
+        return error.code
 
     # -- control ----------------------------------------------------------------------------
 
