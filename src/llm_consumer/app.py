@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -20,10 +21,11 @@ from pydantic import BaseModel
 
 from llm_consumer import metrics
 from llm_consumer.auth import TokenVerifier
-from llm_consumer.bus.consumer import Consumer, ConsumerConfig
+from llm_consumer.bus.consumer import CallerRules, Consumer, ConsumerConfig
 from llm_consumer.bus.declare import check_topology
 from llm_consumer.bus.nodes import connect_nodes
 from llm_consumer.bus.publisher import Publisher
+from llm_consumer.bus.retry_state import RetrySigner
 from llm_consumer.bus.topology import Topology, build_topology
 from llm_consumer.events.envelope import new_event
 from llm_consumer.handlers.base import Deps
@@ -36,7 +38,8 @@ from llm_consumer.images.storage import S3Options, open_store
 from llm_consumer.prompts.fitting import ContextWindows
 from llm_consumer.prompts.tokens import TokenCounter
 from llm_consumer.providers.base import HeaderObserver, TextProvider
-from llm_consumer.providers.getimg import GetImgProvider
+from llm_consumer.policy import ModelPolicy, ReplyPolicy
+from llm_consumer.providers.getimg import V1_FAMILIES, GetImgProvider
 from llm_consumer.providers.images_base import ImageProvider
 from llm_consumer.providers.local import MODEL_NAME, LocalTextProvider
 from llm_consumer.providers.openai_images import OpenAIImageProvider
@@ -115,11 +118,11 @@ def build_text_provider(settings: Settings, observe: HeaderObserver | None = Non
             model=settings.openai_model,
             timeout_s=settings.openai_request_timeout,
             fallback_models=settings.openai_fallback_models,
+            structured_output=settings.openai_structured_output,
+            token_limit_param=settings.openai_token_limit_param,
             observe=observe,
         )
     return LocalTextProvider(settings.local_model_path, n_threads=settings.local_model_threads)
-            structured_output=settings.openai_structured_output,
-            token_limit_param=settings.openai_token_limit_param,
 
 
 def build_image_service(settings: Settings) -> ImageService:
@@ -157,6 +160,20 @@ def default_text_model(settings: Settings) -> str:
     return MODEL_NAME
 
 
+def caller_rules(settings: Settings) -> CallerRules:
+    """Retry-copy signing, the reply_to policy and the model allowlist, from the settings."""
+    text_models = {settings.openai_model, default_text_model(settings),
+                   *settings.openai_fallback_models, *settings.rate_limit_models,
+                   *settings.model_context_windows}
+    image_models = {settings.getimg_model, settings.openai_image_model, *V1_FAMILIES,
+                    *settings.rate_limit_models}
+    pattern = re.compile(settings.reply_to_pattern) if settings.reply_to_pattern else None
+    return CallerRules(
+        signer=RetrySigner(derive_key(settings.secret, "retry-state")),
+        replies=ReplyPolicy(settings.queue_prefix, pattern),
+        models=ModelPolicy.of(text_models, image_models, settings.allowed_models))
+
+
 def build_guard(settings: Settings, redis: RedisClient, ledger: JobLedger | None = None,
                 health: RedisHealth | None = None) -> Guard:
     """Response cache, single-flight, rate limits and usage, from the settings."""
@@ -168,7 +185,8 @@ def build_guard(settings: Settings, redis: RedisClient, ledger: JobLedger | None
         global_=parse_rate(settings.rate_limit_global), user=parse_rate(settings.rate_limit_user),
         operations={name: parse_rate(rate) for name, rate in operations.items()},
         models=parse_model_rates(settings.rate_limit_models),
-        replicas_hint=settings.rate_limit_replicas_hint)
+        replicas_hint=settings.rate_limit_replicas_hint,
+        user_share=settings.rate_limit_user_share)
     policy = Policy(default_text_model(settings), settings.singleflight_wait_s,
                     settings.rate_limit_inline_wait_s)
     return Guard(redis, Keys(settings.redis_prefix), limits=limits, policy=policy,
@@ -211,8 +229,9 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         stack.push_async_callback(text.aclose)
         images = build_image_service(settings)
         stack.push_async_callback(images.aclose)
+        rules = caller_rules(settings)
         publisher = Publisher(broker.channel, broker.hub, broker.topology,
-                              broker.dead_letter_exchange,
+                              broker.dead_letter_exchange, signer=rules.signer,
                               notices=(broker.notice_channel, broker.notice_hub))
         consumer = Consumer(
             config=ConsumerConfig(
@@ -223,12 +242,15 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                 shutdown_grace_s=settings.shutdown_grace_s,
                 work_queue=broker.topology.work.name,
                 max_defer_s=settings.rate_limit_max_wait_s,
+                max_provider_calls=settings.max_provider_calls_per_request,
             ),
             publisher=publisher,
             ledger=ledger,
             verifier=TokenVerifier(settings.secret,
                                    audience=settings.jwt_audience, issuer=settings.jwt_issuer,
-                                   leeway_s=settings.jwt_leeway_s),
+                                   leeway_s=settings.jwt_leeway_s,
+                                   max_lifetime_s=settings.max_token_lifetime_s),
+            rules=rules,
             deps=Deps(text=MeteredText(text, guard), windows=context_windows(settings, text),
                       guard=guard, images=images),
         )

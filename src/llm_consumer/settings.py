@@ -86,6 +86,17 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway_s: int = Field(30, ge=0, le=600)
+    max_token_lifetime_s: int = Field(
+        86_400, ge=60, description="tokens whose exp - iat is longer are refused")
+
+    # What a caller may name (see policy.py and the README's Security section)
+    reply_to_pattern: str | None = Field(
+        None, description="regex of further reply_to queue names callers own (full match); "
+        "amq.gen-* and direct reply-to are always answered, the service's own queues never")
+    allowed_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="models a request may name beyond the configured ones; * = any")
+    max_provider_calls_per_request: int = Field(
+        16, ge=1, le=1000, description="provider calls one message may cause, all attempts")
 
     # OpenAI (or any OpenAI-compatible server)
     openai_api_key: SecretStr | None = None
@@ -97,6 +108,11 @@ class Settings(BaseSettings):
         default_factory=dict, description='JSON, e.g. {"gpt-4.1-mini": 128000}')
     default_context_window: int = Field(
         8192, ge=1024, description="window of models not listed (gpt-5-nano is treated as 8k)")
+    # How calls are phrased for the server at OPENAI_BASE_URL: `auto` learns it from the
+    # server's first refusal (remembered per base URL and model in this process); a value pins it.
+    openai_structured_output: Literal[
+        "auto", "json_schema", "json_object_schema", "json_object", "text"] = "auto"
+    openai_token_limit_param: Literal["auto", "max_completion_tokens", "max_tokens"] = "auto"
 
     # GetImg.AI
     getimg_api_key: SecretStr | None = None
@@ -111,11 +127,6 @@ class Settings(BaseSettings):
     openai_image_timeout: float = Field(120.0, gt=0, description="seconds; images are slow")
     image_store_url: str = "file://./data/images"
     image_public_base_url: str | None = Field(
-    # How calls are phrased for the server at OPENAI_BASE_URL: `auto` learns it from the
-    # server's first refusal (remembered per base URL and model in this process); a value pins it.
-    openai_structured_output: Literal[
-        "auto", "json_schema", "json_object_schema", "json_object", "text"] = "auto"
-    openai_token_limit_param: Literal["auto", "max_completion_tokens", "max_tokens"] = "auto"
         None, description="URL prefix under which peers fetch stored keys (CDN, public bucket)")
     s3_endpoint_url: AnyUrl | None = Field(None, description="MinIO or another S3-compatible API")
     s3_region: str | None = None
@@ -146,6 +157,9 @@ class Settings(BaseSettings):
     rate_limit_models: ModelRatesRaw = Field(
         {"gpt-4-turbo": "200/minute", "gpt-3.5-turbo": "500/minute"},
         description='per model: "N/minute" or {"requests": "N/minute", "tokens": "N/minute"}')
+    rate_limit_user_share: float = Field(
+        0.25, gt=0, le=1, description="share of each operation and model limit one user may "
+        "take (1: no per-user share)")
     rate_limit_inline_wait_s: float = Field(2.0, ge=0, description="longer waits are deferred")
     rate_limit_max_wait_s: float = Field(600.0, ge=0, description="then `rate_limited`")
     rate_limit_replicas_hint: int = Field(3, ge=1, description="share kept with Redis down")
@@ -171,6 +185,23 @@ class Settings(BaseSettings):
     def _split_models(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _split_allowed(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("reply_to_pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"is not a regular expression: {error}") from None
         return value
 
     @field_validator("image_fetch_allowlist", mode="before")
