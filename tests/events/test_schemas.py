@@ -186,7 +186,7 @@ def test_asyncapi_operations_match_the_catalog(asyncapi: dict[str, Any]) -> None
     )
     assert message["headers"] == {"$ref": "#/components/schemas/requestHeaders"}
     assert set(components["schemas"]["requestHeaders"]["properties"]) == {
-        "authorization", "x-attempt", "x-deferred-s"}
+        "authorization", "x-attempt", "x-deferred-s", "x-provider-calls", "x-llm-signature"}
 
 
 def test_asyncapi_references_resolve(asyncapi: dict[str, Any]) -> None:
