@@ -160,9 +160,18 @@ class ImageRequested(_Inbound):
 
 
 class JobCancel(_Inbound):
-    """`job.cancel`: stop a queued or running request."""
+    """`job.cancel`: stop a queued or running request.
+
+    A request is named by its caller's token `sub`, its `source` and its `id`: `source`
+    defaults to this event's own source, `subject` to the sender's `sub`. Only a sender
+    holding `llm:admin` may name another `subject`.
+    """
 
     request_id: str = Field(min_length=1, max_length=200)
+    source: str | None = Field(None, min_length=1, max_length=500,
+                               description="the request's `source`; default: this event's")
+    subject: str | None = Field(None, min_length=1, max_length=200,
+                                description="the requester's token `sub` (llm:admin only)")
 
 
 class CacheInvalidate(_Inbound):
