@@ -32,6 +32,7 @@ from llm_consumer.events.requests import ContentKind, ContentRequested, ImageKin
 from llm_consumer.logging import configure_logging
 from llm_consumer.settings import Settings, SettingsError, load_settings
 from llm_consumer.store.client import RedisClient, RedisMisconfigured, open_redis, verify_redis
+from llm_consumer.store.jobs import Claim
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.usage import last_days, read_usage, today
 
@@ -190,6 +191,8 @@ async def _warm(settings: Settings, redis: RedisClient, items: list[Item],
             except ServiceError as error:
                 err.print(f"[red]{data.kind.value}[/] {envelope.id}: {error.code}: {error.message}")
                 return "failed"
+            if isinstance(replies, Claim):  # never: warming makes no job-ledger claims
+                return "cached"
             return "cached" if replies and getattr(replies[0].data, "cached", False) else (
                 "generated")
 
