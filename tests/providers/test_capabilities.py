@@ -349,3 +349,19 @@ def test_structured_ladder(sent: str, message: str, expected: str | None) -> Non
 ])
 def test_scrub(raw: str, clean: str) -> None:
     assert scrub(raw) == clean
+
+
+async def test_once_proven_waiting_calls_run_side_by_side(
+    server: FakeOpenAI, make_provider: ProviderFactory
+) -> None:
+    # The first call proves the phrasing; the calls that queued behind it then run at once
+    # rather than one at a time.
+    server.script(*[reply(SAMPLE, delay_s=0.3)] * 6)
+    provider = make_provider()
+
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(*(provider.complete(job()) for _ in range(6)))
+    elapsed = asyncio.get_running_loop().time() - started
+
+    assert len(server.chat_requests) == 6
+    assert elapsed < 1.2, f"{elapsed:.2f} s: the calls after the first went one at a time"

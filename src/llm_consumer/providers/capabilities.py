@@ -158,6 +158,10 @@ class CapabilityBook:
         except TimeoutError:  # the probe is slow (a long answer, or a hung server): go on
             yield entry.caps
             return
+        if entry.confirmed:  # proven while this call waited: no need to go one at a time
+            entry.gate.release()
+            yield entry.caps
+            return
         try:
             yield entry.caps
         finally:
