@@ -186,7 +186,8 @@ def build_guard(settings: Settings, redis: RedisClient, ledger: JobLedger | None
         operations={name: parse_rate(rate) for name, rate in operations.items()},
         models=parse_model_rates(settings.rate_limit_models),
         replicas_hint=settings.rate_limit_replicas_hint,
-        user_share=settings.rate_limit_user_share)
+        user_share=settings.rate_limit_user_share,
+        wait_replicas=settings.redis_wait_replicas)
     policy = Policy(default_text_model(settings), settings.singleflight_wait_s,
                     settings.rate_limit_inline_wait_s)
     return Guard(redis, Keys(settings.redis_prefix), limits=limits, policy=policy,

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     redis_mode: Literal["standalone", "cluster", "sentinel"] = Field(
         "standalone", description="cluster: REDIS_URL lists seed nodes; sentinel: the sentinels")
     redis_sentinel_master: str = Field("mymaster", description="the master's name (sentinel)")
+    redis_wait_replicas: int = Field(
+        0, ge=0, le=5, description="replicas that hold an admission before its call goes out")
     result_ttl_s: int = Field(86_400, ge=60, description="how long finished results are kept")
     lease_s: int = Field(30, ge=5, description="liveness lease of an instance's in-flight claims")
 

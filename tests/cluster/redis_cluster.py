@@ -53,7 +53,8 @@ class RedisNode:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf"),
              "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
+             "--repl-diskless-sync-delay", "0",
+             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def kill(self) -> None:
@@ -96,9 +97,7 @@ class RedisCluster:
             capture_output=True, text=True, timeout=60)
         if created.returncode != 0:
             raise RuntimeError(f"cluster create failed: {created.stdout}{created.stderr}")
-        for node in self.nodes:
-            _wait_for(lambda n=node: "cluster_state:ok" in n.cli("CLUSTER", "INFO"),
-                      "cluster state ok")
+        self.wait_healthy()
 
     def masters(self) -> list[RedisNode]:
         return [n for n in self.nodes if n.process is not None and n.role() == "master"]
@@ -111,11 +110,37 @@ class RedisCluster:
                 return node
         raise RuntimeError(f"no master serves slot {slot}")
 
+    def wait_healthy(self) -> None:
+        """Every running node sees every slot served, and every replica is in sync with its
+        master (a replica that never synced is not promoted)."""
+        for node in self.nodes:
+            if node.process is not None:
+                _wait_for(lambda n=node: "cluster_state:ok" in n.cli("CLUSTER", "INFO"),
+                          "cluster state ok")
+                _wait_for(lambda n=node: _in_sync(n), "replicas in sync")
+
+    def wait_promoted(self) -> None:
+        """After a master was killed: until one of its replicas serves its slots."""
+        _wait_for(lambda: len(self.masters()) == len(self.nodes) // 2, "a replica promoted")
+        self.wait_healthy()
+
+    def restart(self, node: RedisNode) -> None:
+        """Start a killed node again on its directory: it rejoins (as a replica now)."""
+        node.start()
+        _wait_for(lambda: node.cli("PING").strip() == "PONG", "node up")
+        self.wait_healthy()
+
     def stop(self) -> None:
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _in_sync(node: RedisNode) -> bool:
+    info = node.cli("INFO", "replication")
+    return "role:master" in info or (
+        "master_link_status:up" in info and "master_sync_in_progress:0" in info)
 
 
 def _serves(node: RedisNode, slot: int) -> bool:

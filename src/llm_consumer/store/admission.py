@@ -9,7 +9,9 @@ server, behind Sentinel and on a Redis Cluster:
 3. limits.lua (tag: the limiter's): one atomic check-and-record over every rate-limit scope
    (`Admitted`, or `Limited` and the single-flight claim given back).
 Round trips: a hit costs 2, a miss 3 (the first pair runs concurrently), a further provider
-call of a request (no cache, no single-flight) 1. A ledger that knows the request already
+call of a request (no cache, no single-flight) 1; with REDIS_WAIT_REPLICAS, an admitted call
+one more (WAIT: the admission is on a replica before the call goes out, so a failover cannot
+lose it). A ledger that knows the request already
 (done, cancelled, running elsewhere) answers `Known` after the first. Whether a claim's owner is
 alive is asked beside the scripts (its liveness key is in another slot), only when a claim is
 found: a dead owner's claim is then taken over by asking again.
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from llm_consumer.store.cache import HANDOFF_TTL_S
@@ -52,6 +55,7 @@ def _script(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text()
 
 
+WAIT_REPLICAS_MS = 100
 LOOKUP_SCRIPT = _script("lookup.lua")
 LIMITS_SCRIPT = _script("limits.lua")
 STORE_SCRIPT = _script("store.lua")
@@ -124,8 +128,9 @@ Arg = str | int | float | bytes
 class Admission:
     def __init__(self, redis: RedisClient, keys: Keys, health: RedisHealth, *,
                  replicas_hint: int, prices: dict[str, Price],
-                 ledger: JobLedger | None = None) -> None:
+                 ledger: JobLedger | None = None, wait_replicas: int = 0) -> None:
         self._redis = redis
+        self._wait_replicas = wait_replicas
         self._keys = keys
         self.ledger = ledger  # None: no job claims, single-flight owners are not tracked
         self._health = health
@@ -247,7 +252,7 @@ class Admission:
                      self._keys.rate_notice("warning", scope.scope, scope.key),
                      self._keys.rate_notice("exceeded", scope.scope, scope.key)]
             args += [scope.measure, scope.limit, scope.window_us, scope.charge(scope.limit)]
-        raw = await self._limits(keys=keys, args=args)
+        raw = await self._check_limits(keys, args)
         now_us = _int(raw[1])
         claimed = ask.coalesce and bool(ask.digest)
         if _text(raw[0]) == "limited":
@@ -259,6 +264,28 @@ class Admission:
                            self._notices(ask, raw[4:]))
         self.local.record(list(ask.scopes), now_us, pending=False)
         return Admitted(admission_id, generation, claimed, self._notices(ask, raw[2:]), now_us)
+
+    async def _check_limits(self, keys: list[str], args: list[Arg]) -> list[object]:
+        raw: list[object] = await self._limits(keys=keys, args=args)
+        if not self._wait_replicas or _text(raw[0]) != "admit":
+            return raw
+        try:
+            await self._replicated(keys[0])
+        except RedisError:  # the master went away: its admission may be lost, ask again
+            raw = await self._limits(keys=keys, args=args)
+            if _text(raw[0]) == "admit":
+                await self._replicated(keys[0])
+        return raw
+
+    async def _replicated(self, key: str) -> None:
+        """WAIT until `wait_replicas` replicas of `key`'s master hold what it wrote (at most
+        WAIT_REPLICAS_MS: with its replicas down the call goes out anyway)."""
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.execute_command(
+                "WAIT", self._wait_replicas, WAIT_REPLICAS_MS,
+                target_nodes=self._redis.get_node_from_key(key))
+        else:
+            await self._redis.wait(self._wait_replicas, WAIT_REPLICAS_MS)
 
     async def _claim(self, ask: Ask) -> Claim | None:
         if self.ledger is None or ask.job is None:

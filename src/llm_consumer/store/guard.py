@@ -45,7 +45,8 @@ class Guard:
                                    ttls=cache_ttls)
         self.flights = LocalFlights()
         self.admission = Admission(redis, keys, self.health, replicas_hint=limits.replicas_hint,
-                                   prices=dict(prices), ledger=ledger)
+                                   prices=dict(prices), ledger=ledger,
+                                   wait_replicas=limits.wait_replicas)
         self._feedback = ProviderFeedback(redis, keys, self.health)
         self._unapplied: list[str | None] = []
         self.health.on_recovery(self._apply_invalidations)

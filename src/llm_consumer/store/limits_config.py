@@ -82,6 +82,9 @@ class LimitsConfig:
     models: Mapping[str, ModelRates] = field(default_factory=dict)
     replicas_hint: int = 3  # the share each replica keeps to itself when Redis is down
     user_share: float = 1.0  # of each operation and model limit, the most one user may take
+    # Redis replicas that must hold an admission before its call goes out (WAIT), so a
+    # master's failover cannot lose admissions the replicas never received (0: do not wait).
+    wait_replicas: int = 0
 
     def user_part(self, rate: Rate | None) -> Rate | None:
         """One user's share of `rate` (None when there is no share to keep)."""

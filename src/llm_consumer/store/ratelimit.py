@@ -31,6 +31,8 @@ EDGE_MARGIN_MAX_S = 0.2
 WARN_AT = 0.8
 NOTICE_EVERY_US = 1_000_000
 SWEEP_EVERY = 1000
+IMAGE_OPERATIONS = frozenset({"image_text_to_image", "image_to_image"})
+IMAGE_BUDGET = "image"  # the operation scope both image operations also count against
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +84,18 @@ def request_scopes(config: LimitsConfig, *, operation: str, user: str, model: st
                    tokens: int) -> list[Scope]:
     """Every scope of a request. Besides the user's own limit, a user may take only its share
     (RATE_LIMIT_USER_SHARE) of each operation's and model's limit, so one tenant's burst
-    cannot leave the others `rate_limited`."""
-    operation_rate = config.operations.get(operation)
+    cannot leave the others `rate_limited`. Both image operations also count against the
+    combined image budget, operation `image` (RATE_LIMIT_IMAGE)."""
+    operations = [operation, *([IMAGE_BUDGET] if operation in IMAGE_OPERATIONS else [])]
     model_rate = config.model(model).requests
     return [
         *_window("global", "all", config.global_),
         *_window("user", user, config.user),
-        *_window("user", f"{user}/operation/{operation}", config.user_part(operation_rate)),
+        *[scope for name in operations for scope in _window(
+            "user", f"{user}/operation/{name}", config.user_part(config.operations.get(name)))],
         *_window("user", f"{user}/model/{model}", config.user_part(model_rate)),
-        *_window("operation", operation, operation_rate),
+        *[scope for name in operations
+          for scope in _window("operation", name, config.operations.get(name))],
         *model_scopes(config, model, tokens),
     ]
 
