@@ -25,11 +25,13 @@ from llm_consumer.providers.capabilities import (
 from llm_consumer.providers.local import MAX_GRAMMAR_STRING
 from llm_consumer.providers.openai_errors import scrub
 from llm_consumer.providers.openai_text import OpenAITextProvider
+from llm_consumer.providers.response_format import strict_schema
 from tests.fakes.openai_server import (
     ErrorReply,
     FakeOpenAI,
     Scripted,
     llama_cpp_validation_error,
+    openai_refusal,
     reply,
     sample_for_schema,
 )
@@ -365,3 +367,14 @@ async def test_once_proven_waiting_calls_run_side_by_side(
 
     assert len(server.chat_requests) == 6
     assert elapsed < 1.2, f"{elapsed:.2f} s: the calls after the first went one at a time"
+
+
+@pytest.mark.parametrize("kind", list(content.CONTENT_MODELS), ids=lambda k: k.value)
+def test_every_kind_has_a_strict_schema_openai_accepts(kind: Any) -> None:
+    model = content.CONTENT_MODELS[kind]
+    strict = strict_schema(model.model_json_schema())
+    body = {"model": "gpt-5-nano", "messages": [], "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": strict, "strict": True}}}
+    assert openai_refusal(body) is None
+    assert "maxLength" not in json.dumps(strict)
+    model.model_validate(sample_for_schema(strict))  # an answer to it is still a valid answer

@@ -11,12 +11,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from llm_consumer.providers.capabilities import Capabilities, StructuredMode
 from llm_consumer.providers.local import inline_schema
+
+MEMO_SIZE = 256
+# Derived copies per (what, schema object): the handlers pass the same cached schema object for
+# each kind, so a call costs a lookup, not a walk of the schema.
+_memo: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}
+
+
+def _derived(what: str, schema: dict[str, Any], build: Callable[[dict[str, Any]], Any]) -> Any:
+    key = (what, id(schema))
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    value = build(schema)
+    if len(_memo) < MEMO_SIZE:
+        _memo[key] = (schema, value)  # holding the schema keeps its id from being reused
+    return value
+
 
 _NOT_IN_STRICT = frozenset({"minLength", "maxLength", "default", "examples"})
 _NAMED_CHILDREN = ("properties", "$defs")  # keys of these are names, not keywords
@@ -84,11 +102,11 @@ def _grammar_safe(schema: dict[str, Any]) -> dict[str, Any]:
 def response_format(caps: Capabilities, name: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     """The `response_format` field for `caps`, or None when it is left out (text mode)."""
     if caps.structured == "json_schema":
-        sent = strict_schema(schema) if caps.strict else schema
+        sent = _derived("strict", schema, strict_schema) if caps.strict else schema
         return {"type": "json_schema",
                 "json_schema": {"name": name, "schema": sent, "strict": caps.strict}}
     if caps.structured == "json_object_schema":
-        return {"type": "json_object", "schema": _grammar_safe(schema)}
+        return {"type": "json_object", "schema": _derived("grammar", schema, _grammar_safe)}
     if caps.structured == "json_object":
         return {"type": "json_object"}
     return None
@@ -115,6 +133,7 @@ def schema_instruction(mode: StructuredMode, schema: dict[str, Any]) -> str:
         return ""
     if mode == "json_object_schema":
         return "\n\nAnswer with one JSON object and nothing else."
-    compact = orjson.dumps(_without_titles(schema)).decode()
+    compact: str = _derived("prompt", schema,
+                            lambda node: orjson.dumps(_without_titles(node)).decode())
     return ("\n\nAnswer with one JSON object and nothing else: no prose, no code fences. "
             f"It must match this JSON schema:\n{compact}")
