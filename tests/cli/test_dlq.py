@@ -149,7 +149,9 @@ async def test_shown_dead_letters_have_their_secrets_redacted_and_replay_keeps_t
         listing.stdout)
     as_json = await cli(settings, "dlq", "list", "--json")
     assert as_json.returncode == 0, as_json.stderr
-    letters = {x["request_id"]: x for x in orjson.loads(as_json.stdout)["letters"]}
+    lines = as_json.stdout.splitlines()
+    assert len(lines) == 2, "JSON Lines: one dead letter per line"
+    letters = {x["request_id"]: x for x in map(orjson.loads, lines)}
     assert letters[request["id"]]["headers"]["Authorization"] == shown
     assert letters[request["id"]]["headers"]["X-Api-Key"] == "<redacted>"
     assert letters[odd["id"]]["headers"]["authorization"] == shown

@@ -17,28 +17,33 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
 from llm_consumer.auth import Principal
+from llm_consumer.cli.common import (
+    Exit,
+    console,
+    err,
+    fail,
+    json_line,
+    load,
+    run,
+    show_rows,
+)
 from llm_consumer.client import build_request
 from llm_consumer.errors import Deferred, ServiceError
 from llm_consumer.events.catalog import EVENTS
 from llm_consumer.events.envelope import Envelope
 from llm_consumer.events.requests import ContentKind, ContentRequested, ImageKind, ImageRequested
 from llm_consumer.logging import configure_logging
-from llm_consumer.settings import Settings, SettingsError, load_settings
-from llm_consumer.store.client import RedisClient, RedisMisconfigured, open_redis, verify_redis
+from llm_consumer.settings import Settings
+from llm_consumer.store.client import RedisClient, open_redis, verify_redis
 from llm_consumer.store.jobs import Claim
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.usage import last_days, read_usage, today
 
 cache_app = typer.Typer(no_args_is_help=True, help="Invalidate, warm and inspect the cache.")
-console = Console()
-err = Console(stderr=True)
 T = TypeVar("T")
 KINDS = frozenset(k.value for k in ContentKind) | frozenset(k.value for k in ImageKind)
 WARMER = Principal("cache-warm", frozenset({"llm:content", "llm:image", "llm:admin"}))
@@ -46,16 +51,12 @@ WARMER = Principal("cache-warm", frozenset({"llm:content", "llm:image", "llm:adm
 Item = tuple[Envelope, ContentRequested | ImageRequested]
 
 
-def _settings() -> Settings:
-    try:
-        return load_settings(need_secret=False)
-    except SettingsError as error:
-        err.print(f"[bold red]error:[/] {error}")
-        raise typer.Exit(2) from None
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines: one object per row")]
 
 
-def _with_redis(settings: Settings, work: Callable[[RedisClient], Awaitable[T]]) -> T:
-    async def run() -> T:
+def with_redis(settings: Settings, work: Callable[[RedisClient], Awaitable[T]]) -> T:
+    """Open Redis as the service does, check its mode, run `work`; failures are one line."""
+    async def session() -> T:
         redis = open_redis(settings.redis_url, settings.redis_mode,
                            sentinel_master=settings.redis_sentinel_master, timeout_s=10)
         try:
@@ -64,14 +65,7 @@ def _with_redis(settings: Settings, work: Callable[[RedisClient], Awaitable[T]])
         finally:
             await redis.aclose()
 
-    try:
-        return asyncio.run(run())
-    except RedisMisconfigured as error:
-        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except RedisError as error:
-        err.print(f"[bold red]error:[/] Redis at {settings.redis_url}: {error}")
-        raise typer.Exit(1) from None
+    return run(session(), settings)
 
 
 @cache_app.command("invalidate")
@@ -79,23 +73,22 @@ def invalidate(kind: Annotated[str | None, typer.Option(help="only this request 
                ) -> None:
     """Drop cached answers, of every kind or of one, on every replica at once."""
     if kind is not None and kind not in KINDS:
-        err.print(f"[bold red]error:[/] unknown kind {kind!r}; one of {', '.join(sorted(KINDS))}")
-        raise typer.Exit(2)
-    settings = _settings()
+        fail(f"unknown kind {kind!r}; one of {', '.join(sorted(KINDS))}", Exit.USAGE)
+    settings = load()
 
     async def work(redis: RedisClient) -> int | None:
         from llm_consumer.app import build_guard
 
         return await build_guard(settings, redis).cache.invalidate(kind)
 
-    removed = _with_redis(settings, work)
+    removed = with_redis(settings, work)
     console.print(f"invalidated {kind or 'every kind'}: {removed} cached answer(s) removed")
 
 
 @cache_app.command("stats")
-def stats() -> None:
+def stats(as_json: JsonOpt = False) -> None:
     """Cached answers per kind, their generation, and today's requests and cache hits."""
-    settings = _settings()
+    settings = load()
 
     async def work(redis: RedisClient) -> tuple[Counter[str], dict[str, int], list[Any]]:
         from llm_consumer.app import build_guard
@@ -104,16 +97,23 @@ def stats() -> None:
         return entries, generations, await read_usage(redis, Keys(settings.redis_prefix),
                                                       [today()])
 
-    entries, generations, rows = _with_redis(settings, work)
-    table = Table(title=f"response cache ({settings.redis_prefix}), generation of all kinds "
-                        f"{generations.get('*', 0)}")
-    for column in ("kind", "entries", "generation", "requests today", "hits today"):
-        table.add_column(column, justify="left" if column == "kind" else "right")
-    for kind in sorted(set(entries) | set(generations) | {r.kind for r in rows} - {"*"}):
-        mine = [r for r in rows if r.kind == kind]
-        table.add_row(kind, str(entries.get(kind, 0)), str(generations.get(kind, 0)),
-                      str(sum(r.requests for r in mine)), str(sum(r.cache_hits for r in mine)))
-    console.print(table)
+    entries, generations, usage_rows = with_redis(settings, work)
+    rows = []
+    for kind in sorted(set(entries) | set(generations) | {r.kind for r in usage_rows} - {"*"}):
+        mine = [r for r in usage_rows if r.kind == kind]
+        rows.append({"kind": kind, "entries": entries.get(kind, 0),
+                     "generation": generations.get(kind, 0),
+                     "requests_today": sum(r.requests for r in mine),
+                     "hits_today": sum(r.cache_hits for r in mine)})
+    if as_json:
+        for row in rows:
+            json_line(row)
+        return
+    show_rows(f"response cache ({settings.redis_prefix}), generation of all kinds "
+              f"{generations.get('*', 0)}",
+              ("kind", "entries", "generation", "requests today", "hits today"),
+              [[str(v) for v in row.values()] for row in rows],
+              right=frozenset({"entries", "generation", "requests today", "hits today"}))
 
 
 def _read_items(path: Path) -> list[Item]:
@@ -135,8 +135,8 @@ def _read_items(path: Path) -> list[Item]:
         items.append((envelope, parsed))
     if problems:
         for problem in problems:
-            err.print(f"[bold red]error:[/] {path}: {problem}")
-        raise typer.Exit(2)
+            err.print(Text(f"error: {path}: {problem}"), soft_wrap=True)
+        raise typer.Exit(int(Exit.USAGE))
     return items
 
 
@@ -148,21 +148,21 @@ def warm(
     refresh: Annotated[bool, typer.Option(help="generate again even when cached")] = False,
 ) -> None:
     """Fill the cache: generate every request of FILE through the service's own pipeline."""
-    settings = _settings()
+    settings = load()
     configure_logging("WARNING")  # the progress bar has the terminal
     items = _read_items(file)
     if refresh:
         items = [(e, d.model_copy(update={"cache": False})) for e, d in items]
-    outcomes = _with_redis(settings, lambda redis: _warm(settings, redis, items, concurrency))
+    outcomes = with_redis(settings, lambda redis: _warm(settings, redis, items, concurrency))
     console.print(f"{len(items)} request(s): {outcomes['generated']} generated, "
                   f"{outcomes['cached']} already cached, {outcomes['failed']} failed")
     if outcomes["failed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(int(Exit.FAILED))
 
 
 async def _warm(settings: Settings, redis: RedisClient, items: list[Item],
                 concurrency: int) -> Counter[str]:
-    from llm_consumer.app import build_guard, build_text_provider, context_windows
+    from llm_consumer.app import build_guard, build_text_provider, context_windows, text_fallbacks
     from llm_consumer.handlers.base import Deps, Request
     from llm_consumer.handlers.limits import MeteredText
     from llm_consumer.handlers.pipeline import guarded
@@ -170,7 +170,8 @@ async def _warm(settings: Settings, redis: RedisClient, items: list[Item],
 
     guard = build_guard(settings, redis)
     text = build_text_provider(settings, observe=guard.observe)
-    deps = Deps(text=MeteredText(text, guard), windows=context_windows(settings, text),
+    deps = Deps(text=MeteredText(text, guard, text_fallbacks(settings)),
+                windows=context_windows(settings, text),
                 guard=guard)
     outcomes: Counter[str] = Counter()
     gate = asyncio.Semaphore(concurrency)
@@ -189,7 +190,8 @@ async def _warm(settings: Settings, redis: RedisClient, items: list[Item],
                 await asyncio.sleep(deferred.retry_after_s)
                 continue
             except ServiceError as error:
-                err.print(f"[red]{data.kind.value}[/] {envelope.id}: {error.code}: {error.message}")
+                err.print(Text(f"{data.kind.value} {envelope.id}: {error.code}: {error.message}"),
+                          soft_wrap=True)
                 return "failed"
             if isinstance(replies, Claim):  # never: warming makes no job-ledger claims
                 return "cached"
@@ -219,28 +221,33 @@ def usage(
     days: Annotated[int, typer.Option(min=1, max=90, help="this many days up to --day")] = 1,
     user: Annotated[str | None, typer.Option(help="only this user")] = None,
     model: Annotated[str | None, typer.Option(help="only this model")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Requests, tokens, estimated cost and cache hits per day, model, kind and user."""
-    settings = _settings()
+    settings = load()
     try:
         chosen = last_days(days, day)
     except ValueError:
-        err.print(f"[bold red]error:[/] --day must be YYYY-MM-DD, not {day!r}")
-        raise typer.Exit(2) from None
-    rows = _with_redis(settings, lambda redis: read_usage(
+        fail(f"--day must be YYYY-MM-DD, not {day!r}", Exit.USAGE)
+    rows = with_redis(settings, lambda redis: read_usage(
         redis, Keys(settings.redis_prefix), chosen, user=user, model=model))
-    span = chosen[0] if days == 1 else f"{chosen[-1]} .. {chosen[0]}"
-    table = Table(title=f"usage {span}", show_footer=bool(rows))
     numbers = ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "cache_hits")
-    for column in ("day", "model", "kind", "user"):
-        table.add_column(column, footer="total" if column == "day" else "")
-    for column in numbers:
-        total = sum(getattr(r, column) for r in rows)
-        table.add_column(column.replace("_", " "), justify="right", footer=_cell(column, total))
-    for row in rows:
-        table.add_row(row.day, row.model, row.kind, row.user,
-                      *(_cell(column, getattr(row, column)) for column in numbers))
-    console.print(table if rows else f"no usage recorded for {span}")
+    if as_json:
+        for row in rows:
+            json_line({"day": row.day, "model": row.model, "kind": row.kind, "user": row.user,
+                       **{column: getattr(row, column) for column in numbers}})
+        return
+    span = chosen[0] if days == 1 else f"{chosen[-1]} .. {chosen[0]}"
+    if not rows:
+        console.print(f"no usage recorded for {span}")
+        return
+    columns = ("day", "model", "kind", "user", *(c.replace("_", " ") for c in numbers))
+    footer = ["total", "", "", "", *(_cell(c, sum(getattr(r, c) for r in rows))
+                                    for c in numbers)]
+    show_rows(f"usage {span}", columns,
+              [[row.day, row.model, row.kind, row.user,
+                *(_cell(column, getattr(row, column)) for column in numbers)] for row in rows],
+              right=frozenset(c.replace("_", " ") for c in numbers), footer=footer)
 
 
 def _cell(column: str, value: float) -> str:
