@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -206,13 +208,32 @@ def context_windows(settings: Settings, text: TextProvider) -> ContextWindows:
                           counters=counters)
 
 
+@dataclass
+class StopSignals:
+    """The first SIGTERM/SIGINT drains; a second one during the drain exits at once (130).
+    What is unacked then goes back to the queue with the connection: redone, never lost."""
+
+    stop: asyncio.Event
+    count: int = 0
+
+    def received(self) -> None:
+        self.count += 1
+        if self.count > 1:
+            sys.stderr.write("second interrupt: exiting now without finishing the drain; "
+                             "unfinished requests go back to the queue\n")
+            sys.stderr.flush()
+            os._exit(130)
+        self.stop.set()
+
+
 async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                       ready: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    stopping = StopSignals(stop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopping.received)
     async with AsyncExitStack() as stack:
         broker = await stack.enter_async_context(open_broker(settings))
         redis = open_redis(settings.redis_url, settings.redis_mode,

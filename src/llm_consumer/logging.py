@@ -1,11 +1,21 @@
-"""structlog set-up: JSON lines when not on a terminal, readable colours on one."""
+"""structlog set-up: JSON lines when not on a terminal, readable colours on one (none when
+NO_COLOR is set), and a rate-limited warning for events that can come in floods."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import structlog
+
+
+def use_colour(stream: TextIO) -> bool:
+    """Colours on a terminal, unless NO_COLOR is set (https://no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
 
 
 def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
@@ -13,7 +23,7 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=use_colour(sys.stderr))
     )
     structlog.configure(
         processors=[
@@ -33,3 +43,31 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     # Library loggers (aio-pika reconnects, etc.) go to stderr at WARNING and above.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s %(message)s")
+    # aiormq logs every failed connection attempt before raising it; aio-pika's robust
+    # connection logs its own reconnection attempts, and a failed start-up is one CLI line.
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
+
+
+class RateLimitedWarning:
+    """At most one warning per `every_s` for one event, with how many times it happened
+    since the last line (`count`): a flood is one line a minute, not a line per event."""
+
+    def __init__(self, event: str, *, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 logger: Any = None) -> None:
+        self.event = event
+        self.every_s = every_s
+        self._clock = clock
+        self._log = logger or structlog.get_logger("llm_consumer")
+        self._last: float | None = None
+        self.pending = 0
+
+    def __call__(self, **fields: Any) -> bool:
+        """Count one occurrence; True when a line was written for it."""
+        self.pending += 1
+        now = self._clock()
+        if self._last is not None and now - self._last < self.every_s:
+            return False
+        self._log.warning(self.event, count=self.pending, per_s=self.every_s, **fields)
+        self._last, self.pending = now, 0
+        return True

@@ -30,6 +30,10 @@ DEAD_LETTER_QUEUE_FULL = Gauge(
 DEAD_LETTERS_PARKED = Counter("llm_dead_letters_parked",
                               "Dead letters parked because the dead-letter queue refused them",
                               registry=REGISTRY)
+EVENTS_UNROUTED = Counter(
+    "llm_events_unrouted",
+    "Results the hub routed to no queue (kept in the unrouted queue for replay), by type",
+    ["event_type"], registry=REGISTRY)
 CACHE = Counter("llm_cache_lookups", "Response cache lookups, by result", ["result"],
                 registry=REGISTRY)
 RATE_LIMIT = Counter("llm_rate_limit_decisions", "Rate-limit decisions", ["decision"],

@@ -37,8 +37,11 @@ from llm_consumer.bus.retry_state import RetrySigner, RetryState
 from llm_consumer.bus.topology import Topology
 from llm_consumer.events.catalog import EVENTS
 from llm_consumer.events.envelope import CLOUDEVENTS_CONTENT_TYPE, Envelope, encode
+from llm_consumer.logging import RateLimitedWarning
 
 log = structlog.get_logger(__name__)
+# A fresh hub (no peer bound to results yet) returns every result: counted, one line a minute.
+UNROUTED_WARNING = RateLimitedWarning("event.unrouted", every_s=60.0, logger=log)
 
 ERROR_CODE_HEADER = "x-error-code"
 ERROR_MESSAGE_HEADER = "x-error-message"
@@ -114,7 +117,8 @@ class Publisher:
         except PublishError as error:
             if not _is_return(error):
                 raise
-            log.warning("event.unrouted", event_type=envelope.type, event_id=envelope.id)
+            metrics.EVENTS_UNROUTED.labels(envelope.type).inc()
+            UNROUTED_WARNING(event_type=envelope.type, event_id=envelope.id)
             message.headers = {ORIGINAL_ROUTING_KEY_HEADER: envelope.type,
                                ORIGINAL_EXCHANGE_HEADER: self._hub.name}
             await self._default().publish(message, routing_key=self._topology.unrouted.name)
