@@ -5,6 +5,10 @@
         server.script("openai", *after(4, fail(503, "overloaded")))  # the 5th call fails
         # GETIMG_BASE_URL=server.base_url, OPENAI_BASE_URL=server.openai_base_url
 
+OpenAI's edits take the source as one `image` file or as repeated `image[]` files (at most
+16, each recorded in order in `Recorded.files`); anything else is refused as the real endpoint
+refuses it. GetImg v2 takes several `images` (data URLs).
+
 It runs on 127.0.0.1 with an ephemeral port inside the test's event loop (aiohttp AppRunner).
 Pictures are painted from the prompt (`tests/fakes/pictures.py`): the hex colours in it colour
 the picture, so the service's palette distance can be checked. Image-to-image tints the source;
@@ -34,6 +38,7 @@ GETIMG_KEY = "key-test"
 OPENAI_KEY = "sk-test"
 Api = Literal["getimg", "openai", "download"]
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+OPENAI_MAX_EDIT_IMAGES = 16
 _V2_SIZES = {"1:1": (1024, 1024), "16:9": (1344, 768), "9:16": (768, 1344), "4:3": (1152, 864),
              "3:4": (864, 1152), "3:2": (1216, 832), "2:3": (832, 1216)}
 
@@ -267,6 +272,8 @@ class FakeImages:
         self._record("openai", request, fields, files)
         if (refused := self._refusal(request, "openai")) is not None:
             return refused
+        if (wrong := _edit_images_refusal(files)) is not None:
+            return _error("openai", wrong)
         fmt = fields.get("output_format", "png")
         source = Image.open(io.BytesIO(files[0][2]))
         size = _openai_size(fields.get("size", "auto"), source.size)
@@ -341,6 +348,22 @@ def _error(api: Api, entry: Fail) -> web.Response:
         body = {"error": {"message": entry.message, "type": entry.type, "param": None,
                           "code": entry.code}}
     return web.json_response(body, status=entry.status, headers=entry.headers)
+
+
+def _edit_images_refusal(files: list[tuple[str, str, bytes]]) -> Fail | None:
+    """What the edits endpoint says of its image parts: `image` once, or `image[]` 1-16 times."""
+    names = [name for name, _, _ in files if name != "mask"]
+    if not names:
+        return Fail(400, "Missing required parameter: 'image'.", "missing_required_parameter")
+    if set(names) - {"image", "image[]"} or (names.count("image") > 1) or (
+            "image" in names and "image[]" in names):
+        return Fail(400, f"Unrecognized file parameters: {', '.join(sorted(set(names)))}; "
+                    "send 'image' once or 'image[]' for each image.", "unknown_parameter")
+    if len(names) > OPENAI_MAX_EDIT_IMAGES:
+        return Fail(400, "Invalid 'image': array too long. Expected an array with maximum "
+                    f"length {OPENAI_MAX_EDIT_IMAGES}, but got an array with length "
+                    f"{len(names)} instead.", "array_above_max_length")
+    return None
 
 
 def _open_b64(data: str) -> Image.Image:

@@ -16,6 +16,9 @@ MAX_THEME_FIELD_CHARS = 200
 MAX_LANGUAGE_PATTERNS = 20
 MAX_LANGUAGE_PATTERN_CHARS = 200
 MAX_JSON_DEPTH = 64
+MAX_SOURCE_IMAGES = 4  # sources one transform may combine (OpenAI's edits take up to 16)
+MAX_IMAGES = 4  # images one generation asks for
+MAX_VARIATIONS = 8  # panels of a variations request: two grids of 2x2
 
 
 class _Inbound(BaseModel):
@@ -121,7 +124,9 @@ class ImageOptions(_Inbound):
     model: str | None = Field(None, max_length=200)
     width: int | None = Field(None, ge=64, le=4096)
     height: int | None = Field(None, ge=64, le=4096)
-    count: int = Field(1, ge=1, le=4)
+    count: int = Field(1, ge=1, le=MAX_VARIATIONS, description=(
+        f"images wanted: 1-{MAX_IMAGES}; kind variations 1-{MAX_VARIATIONS} (default 4; more "
+        "than 4 are made as two grids, two provider generations)"))
     seed: int | None = Field(None, ge=0)
     output_format: Literal["png", "jpeg", "webp"] = "png"
     enhance: list[Literal["upscale", "face_fix"]] | None = Field(
@@ -143,7 +148,13 @@ class ImageRequested(_Inbound):
     kind: ImageKind
     prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
     context: dict[str, Any] | None = None
-    source_image: SourceImage | None = None
+    source_image: SourceImage | Annotated[
+        list[SourceImage], Field(min_length=1, max_length=MAX_SOURCE_IMAGES)] | None = Field(
+        None, description=(
+            "one source image, or a list of 1 to "
+            f"{MAX_SOURCE_IMAGES} (kind transform only: all go to one edit; OpenAI and GetImg "
+            "v2 models combine them, GetImg v1 models take one); each is bounded and, as a "
+            "`ref`, owned like a single one"))
     theme: VisualTheme | None = None
     options: ImageOptions = ImageOptions()
     cache: bool = True
@@ -156,7 +167,22 @@ class ImageRequested(_Inbound):
                 raise ValueError(f"kind {self.kind.value} needs a prompt or a context")
         elif self.source_image is None:
             raise ValueError(f"kind {self.kind.value} needs a source_image")
+        elif len(self.sources) > 1 and self.kind != ImageKind.TRANSFORM:
+            raise ValueError(f"kind {self.kind.value} takes one source_image, got "
+                             f"{len(self.sources)}; only transform combines several")
+        if self.options.count > MAX_IMAGES and self.kind != ImageKind.VARIATIONS:
+            raise ValueError(f"options.count {self.options.count} is over {MAX_IMAGES} for kind "
+                             f"{self.kind.value} (only variations takes up to {MAX_VARIATIONS})")
         return self
+
+    @property
+    def sources(self) -> tuple[SourceImage, ...]:
+        """The source images, in order (none for the text-to-image kinds)."""
+        if self.source_image is None:
+            return ()
+        if isinstance(self.source_image, SourceImage):
+            return (self.source_image,)
+        return tuple(self.source_image)
 
 
 class JobCancel(_Inbound):

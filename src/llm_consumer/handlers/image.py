@@ -6,19 +6,29 @@ what a peer needs to fetch and verify it (url, key, size, sha256) and the qualit
 Every provider call is paid from the request's call budget (`Request.calls`, capped across the
 message's attempts) right before it is made, counted as the HTTP calls it really costs. An
 attempt whose whole plan does not fit in what is left fails before its first call. The largest
-attempt: `count` 4 with both enhance steps, 4 + 4 x 2 = 12 calls on GetImg, 1 + 4 x 2 = 9 on
-OpenAI (variations: 1 + 4 x 2; enhance: 2).
+attempts: `count` 4 with both enhance steps, 4 + 4 x 2 = 12 calls on GetImg, 1 + 4 x 2 = 9 on
+OpenAI; variations 8 (two grids) with both steps, 2 + 8 x 2 = 18 (over the default cap of 16:
+refused before the first call); enhance: 2.
+
+A transform may take several sources (`source_image` as a list): each is loaded and owner-checked
+alone, and all go to one edit (OpenAI's repeated `image[]` field, GetImg v2's `images`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llm_consumer.errors import InvalidRequest, PermanentFailure, TransientFailure
 from llm_consumer.events import catalog
-from llm_consumer.events.requests import TEXT_TO_IMAGE_KINDS, ImageKind, ImageRequested
+from llm_consumer.events.requests import (
+    TEXT_TO_IMAGE_KINDS,
+    ImageKind,
+    ImageRequested,
+    SourceImage,
+)
 from llm_consumer.events.results import ImageGenerated
 from llm_consumer.handlers.base import CallBudget, Deps, Reply, Request
 from llm_consumer.images.processing import (
@@ -33,14 +43,20 @@ from llm_consumer.images.processing import (
 from llm_consumer.images.prompting import GRID_COLS, GRID_ROWS, build_image_prompt
 from llm_consumer.images.service import Caller, ImageService, checked_output
 from llm_consumer.images.visual_themes import VisualLook, resolve_visual_theme
-from llm_consumer.providers.images_base import ImageJob, ImageProvider, Operation
+from llm_consumer.providers.images_base import (
+    ImageJob,
+    ImageProvider,
+    Operation,
+    gather_or_raise,
+)
 
 DEFAULT_SIZES = {ImageKind.PORTRAIT: (768, 1024), ImageKind.LOCATION: (1216, 832),
                  ImageKind.ITEM: (1024, 1024)}
 GRID_CELL_SIDE = 512  # longest side of one panel of a variations grid
 MAX_TRANSFORM_SIDE = 1536  # larger sources are scaled down before a transform
 UPSCALE_FACTOR = 2  # what both providers' upscale step gives
-VARIATIONS_DEFAULT = GRID_ROWS * GRID_COLS  # panels a variations request gets without `count`
+GRID_PANELS = GRID_ROWS * GRID_COLS
+VARIATIONS_DEFAULT = GRID_PANELS  # panels a variations request gets without `count`
 PER_IMAGE_CALLS = frozenset({"getimg"})  # providers that make one HTTP call per image
 
 
@@ -83,7 +99,8 @@ def planned_calls(data: ImageRequested, provider: str) -> int:
         return len(options.enhance or ["upscale"])
     steps = len(options.enhance or [])
     if data.kind == ImageKind.VARIATIONS:
-        return 1 + _variations_wanted(data) * steps
+        wanted = _variations_wanted(data)
+        return grids_for(wanted) + wanted * steps
     generation = provider_calls(provider, ImageJob("generate", count=options.count))
     return generation + options.count * steps
 
@@ -91,6 +108,11 @@ def planned_calls(data: ImageRequested, provider: str) -> int:
 def _variations_wanted(data: ImageRequested) -> int:
     options = data.options
     return options.count if "count" in options.model_fields_set else VARIATIONS_DEFAULT
+
+
+def grids_for(panels: int) -> int:
+    """Grid generations that give `panels` variations (a grid holds GRID_PANELS)."""
+    return math.ceil(panels / GRID_PANELS)
 
 
 def _image_request(request: Request) -> ImageRequested:
@@ -120,13 +142,15 @@ async def handle_image(request: Request, deps: Deps) -> list[Reply]:
     look = resolve_visual_theme(data.theme)
     if data.kind in TEXT_TO_IMAGE_KINDS:
         produced = await _text_to_image(data, look, provider)
-    elif data.kind == ImageKind.ENHANCE:
-        source = await _source(data, service, caller)
-        produced = await _enhance(data, [source], provider, data.options.enhance or ["upscale"])
     else:
-        source = await _source(data, service, caller)
-        runner = _transform if data.kind == ImageKind.TRANSFORM else _variations
-        produced = await runner(data, look, provider, source)
+        sources = await _sources(data, service, caller)
+        if data.kind == ImageKind.ENHANCE:
+            produced = await _enhance(data, sources, provider,
+                                      data.options.enhance or ["upscale"])
+        elif data.kind == ImageKind.TRANSFORM:
+            produced = await _transform(data, look, provider, sources)
+        else:
+            produced = await _variations(data, look, provider, sources[0])
     if data.options.enhance and data.kind != ImageKind.ENHANCE:
         enhanced = await _enhance(data, produced.images, provider, data.options.enhance)
         produced = Produced(enhanced.images, produced.models + enhanced.models, produced.prompt)
@@ -138,9 +162,21 @@ async def handle_image(request: Request, deps: Deps) -> list[Reply]:
         palette=look.palette_hex, duration_ms=request.elapsed_ms()))]
 
 
-async def _source(data: ImageRequested, service: ImageService, caller: Caller) -> Decoded:
-    assert data.source_image is not None  # the request model requires it for these kinds
-    return await service.load_source(data.source_image, caller)
+async def _sources(data: ImageRequested, service: ImageService,
+                   caller: Caller) -> list[Decoded]:
+    """Every source, each loaded and owner-checked alone (the request model requires one)."""
+    sources = data.sources
+    assert sources
+
+    async def load(index: int, source: SourceImage) -> Decoded:
+        try:
+            return await service.load_source(source, caller)
+        except InvalidRequest as err:
+            if len(sources) == 1:
+                raise
+            raise InvalidRequest(f"source_image[{index}]: {err.message}") from None
+
+    return await gather_or_raise([load(i, source) for i, source in enumerate(sources)])
 
 
 def _checked_all(images: Sequence[bytes], provider: str) -> list[Decoded]:
@@ -161,13 +197,17 @@ async def _text_to_image(data: ImageRequested, look: VisualLook,
 
 
 async def _transform(data: ImageRequested, look: VisualLook, provider: Metered,
-                     source: Decoded) -> Produced:
+                     sources: list[Decoded]) -> Produced:
+    """One edit of all the sources; the first one sets the default size."""
     prompt = build_image_prompt(data, look)
     options = data.options
-    source = await asyncio.to_thread(fit_within, source, MAX_TRANSFORM_SIDE)
+    fitted = await asyncio.to_thread(
+        lambda: [fit_within(source, MAX_TRANSFORM_SIDE) for source in sources])
+    first = fitted[0]
     images, model = await provider.run(ImageJob(
-        "edit", prompt=prompt.text, negative_prompt=prompt.negative, sources=(source.data,),
-        width=options.width or source.width, height=options.height or source.height,
+        "edit", prompt=prompt.text, negative_prompt=prompt.negative,
+        sources=tuple(source.data for source in fitted),
+        width=options.width or first.width, height=options.height or first.height,
         count=options.count, seed=options.seed, output_format=options.output_format,
         model=options.model))
     return Produced(images, (model,), prompt.text)
@@ -175,7 +215,8 @@ async def _transform(data: ImageRequested, look: VisualLook, provider: Metered,
 
 async def _variations(data: ImageRequested, look: VisualLook, provider: Metered,
                       source: Decoded) -> Produced:
-    """One generation of a grid made of the source, split into its trimmed panels."""
+    """Grids made of the source (one per GRID_PANELS wanted, each its own generation with its
+    own seed), split into their trimmed panels."""
     prompt = build_image_prompt(data, look)
     scale = GRID_CELL_SIDE / max(source.width, source.height)
     cell = (max(64, round(source.width * scale / 64) * 64),
@@ -183,15 +224,22 @@ async def _variations(data: ImageRequested, look: VisualLook, provider: Metered,
     grid = await asyncio.to_thread(
         lambda: encode(tile(source.image, GRID_ROWS, GRID_COLS, cell), "png"))
     options = data.options
-    [answer], model = await provider.run(ImageJob(
-        "edit", prompt=prompt.text, negative_prompt=prompt.negative, sources=(grid,),
-        width=cell[0] * GRID_COLS, height=cell[1] * GRID_ROWS, seed=options.seed,
-        output_format="png", model=options.model, strength=0.45))
     wanted = _variations_wanted(data)
-    panels = await asyncio.to_thread(lambda: [
-        encode(panel, "png") for panel in split_grid(answer.image, GRID_ROWS, GRID_COLS)])
-    return Produced(await asyncio.to_thread(_checked_all, panels[:wanted], provider.name),
-                    (model,), prompt.text)
+
+    async def one_grid(index: int) -> tuple[list[bytes], str]:
+        [answer], model = await provider.run(ImageJob(
+            "edit", prompt=prompt.text, negative_prompt=prompt.negative, sources=(grid,),
+            width=cell[0] * GRID_COLS, height=cell[1] * GRID_ROWS,
+            seed=None if options.seed is None else options.seed + index,
+            output_format="png", model=options.model, strength=0.45))
+        panels = await asyncio.to_thread(lambda: [
+            encode(panel, "png") for panel in split_grid(answer.image, GRID_ROWS, GRID_COLS)])
+        return panels, model
+
+    grids = await gather_or_raise([one_grid(index) for index in range(grids_for(wanted))])
+    panels = [panel for grid_panels, _ in grids for panel in grid_panels][:wanted]
+    return Produced(await asyncio.to_thread(_checked_all, panels, provider.name),
+                    tuple(model for _, model in grids), prompt.text)
 
 
 async def _enhance(data: ImageRequested, images: list[Decoded], provider: Metered,

@@ -112,6 +112,16 @@ class ImageService:
                 code="no_provider")
         return provider
 
+    def model_for(self, provider: str | None, model: str | None) -> str:
+        """The model a request names, else the default model of its provider (the configured
+        default provider when it names none); the provider's name when it is not configured
+        (such a request fails before any call)."""
+        if model:
+            return model
+        chosen = provider or self.default_provider
+        configured = self.providers.get(chosen)
+        return configured.model if configured is not None else chosen
+
     async def load_source(self, source: SourceImage, caller: Caller) -> Decoded:
         """The bytes of a request's source image, checked like any image the service reads.
 

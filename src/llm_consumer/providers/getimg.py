@@ -3,7 +3,9 @@ the v1 enhancements (upscale, face fix). Vendor errors are translated at this bo
 
 A model in V1_FAMILIES is served by `/v1/{family}/text-to-image` (and `image-to-image` when
 the family has one); any other model name goes to `POST /v2/images/generations`, whose answer
-holds temporary URLs that are downloaded at once.
+holds temporary URLs that are downloaded at once. An edit of several sources goes to v2 (its
+`images` list, as data URLs); v1's image-to-image takes one image, so a v1 model refuses more
+before any call.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ class GetImgProvider:
         if job.operation in ("upscale", "face_fix"):
             return ImageResult((await self._enhance(job),), self._enhancer(job))
         family = V1_FAMILIES.get(model)
+        if family is not None and job.operation == "edit" and len(job.sources) > 1:
+            raise PermanentFailure(
+                f"getimg model {model} (v1 image-to-image) takes one source image, got "
+                f"{len(job.sources)}; use a v2 model or provider openai for several",
+                code="invalid_request")
         if family is None:
             calls = [self._v2(job, model) for _ in range(job.count)]
         else:

@@ -40,6 +40,7 @@ class ImageResult:
 
 class ImageProvider(Protocol):
     name: str
+    model: str  # the model a job without `model` uses
 
     async def run(self, job: ImageJob) -> ImageResult:
         """Run one job; raise llm_consumer.errors.* on failure."""
