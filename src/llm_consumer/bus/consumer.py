@@ -57,7 +57,7 @@ from llm_consumer.handlers.pipeline import guarded
 from llm_consumer.handlers.routes import route
 from llm_consumer.identity import RequestOwner
 from llm_consumer.policy import ModelPolicy, ReplyPolicy
-from llm_consumer.store.jobs import AlreadyClaimed, Claim, JobLedger
+from llm_consumer.store.jobs import Claim, JobLedger
 
 log = structlog.get_logger("llm_consumer.consumer")
 
@@ -321,8 +321,6 @@ class Consumer:
         try:
             async with asyncio.timeout(self._config.request_deadline_s):
                 return await job
-        except AlreadyClaimed as known:
-            return known.claim
         except TimeoutError:
             return TransientFailure(
                 f"request exceeded its {self._config.request_deadline_s:g}s deadline",

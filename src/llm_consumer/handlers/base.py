@@ -83,7 +83,7 @@ class Request:
     calls: CallBudget = field(default_factory=CallBudget)
     started: float = field(default_factory=time.monotonic)
     # True: the pipeline makes the job-ledger claim with the request's first admission (one
-    # Redis round trip for both) and raises AlreadyClaimed when the ledger knows the request.
+    # Redis round trip for both) and returns the ledger's Claim when it knows the request.
     claims_job: bool = False
     on_running: Callable[[], Awaitable[None]] = _nothing  # once the claim is made
     # The request's final events for these replies, encoded: the pipeline records them in the

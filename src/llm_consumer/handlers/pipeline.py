@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import orjson
 
@@ -25,12 +26,13 @@ from llm_consumer.events import catalog
 from llm_consumer.events.requests import TEXT_TO_IMAGE_KINDS, ContentRequested, ImageRequested
 from llm_consumer.handlers.base import Deps, Handler, Reply, Request
 from llm_consumer.handlers.limits import TICKET, Ticket, admit_within
+from llm_consumer.images.service import ImageService
 from llm_consumer.prompts.builder import kind_templates
 from llm_consumer.providers.base import TextProvider
 from llm_consumer.store import cache
 from llm_consumer.store.admission import Admitted, Ask, Hit, Known
 from llm_consumer.store.guard import Guard
-from llm_consumer.store.jobs import AlreadyClaimed, Claim
+from llm_consumer.store.jobs import Claim
 from llm_consumer.store.ratelimit import request_scopes
 from llm_consumer.store.usage import Use, price_for
 
@@ -55,9 +57,13 @@ def user_of(request: Request) -> str:
 
 
 def model_of(data: ContentRequested | ImageRequested, default_model: str,
-             text: TextProvider | None = None) -> str:
-    """The model the request will use: as the text provider resolves it when there is one."""
+             text: TextProvider | None = None, images: ImageService | None = None) -> str:
+    """The model the request will use: as the text provider resolves it when there is one; an
+    image request's named model, else its provider's default model (GetImg's quotas are per
+    model)."""
     if isinstance(data, ImageRequested):
+        if images is not None:
+            return images.model_for(data.options.provider, data.options.model)
         return data.options.model or data.options.provider or "image"
     named = data.model.name if data.model and data.model.name else None
     if text is not None:
@@ -90,7 +96,7 @@ class Plan:
 def plan_for(request: Request, guard: Guard, deps: Deps) -> Plan:
     data = request.data
     kind = data.kind.value
-    model = model_of(data, guard.policy.default_model, deps.text)
+    model = model_of(data, guard.policy.default_model, deps.text, deps.images)
     user = user_of(request)
     window = deps.windows.windows.get(model, deps.windows.default)
     scopes = request_scopes(guard.limits, operation=operation_of(data), user=user, model=model,
@@ -105,9 +111,20 @@ def plan_for(request: Request, guard: Guard, deps: Deps) -> Plan:
     return Plan(ask, model, user, ttl_s)
 
 
-def guarded(handler: Handler) -> Handler:
+class Guarded(Protocol):
+    """A handler behind the pipeline: its replies, or the job ledger's Claim on a request the
+    ledger already knew."""
+
+    async def __call__(self, request: Request, deps: Deps) -> list[Reply] | Claim: ...
+
+
+def _replies(resolved: tuple[list[Reply], bytes | None] | Claim) -> list[Reply] | Claim:
+    return resolved if isinstance(resolved, Claim) else resolved[0]
+
+
+def guarded(handler: Handler) -> Guarded:
     """`handler` behind the pipeline (or as it is when the app built no guard)."""
-    async def run(request: Request, deps: Deps) -> list[Reply]:
+    async def run(request: Request, deps: Deps) -> list[Reply] | Claim:
         if deps.guard is None:
             return await handler(request, deps)
         return await _Run(handler, request, deps, deps.guard).go()
@@ -124,31 +141,39 @@ class _Run:
         self.plan = plan_for(request, guard, deps)
         self.ticket = Ticket(self.plan.model, self.plan.ask.kind, request.emit, request.calls)
 
-    async def go(self) -> list[Reply]:
+    async def go(self) -> list[Reply] | Claim:
+        """The request's replies, or the job ledger's Claim when it already knew the request
+        (done, cancelled, running elsewhere)."""
         ask = self.plan.ask
         if not ask.coalesce:
-            return (await self._resolve(ask))[0]
+            return _replies(await self._resolve(ask))
         deadline = time.monotonic() + self.guard.policy.singleflight_wait_s
         while True:  # follow a local leader; lead when there is none (or it failed)
             flight, leading = self.guard.flights.join(ask.digest)
             if leading:
                 break
             if ask.job is not None:  # no admission to ride on: claim on its own
-                await self._claimed(await self.guard.claim_job(ask.job))
+                claim = await self.guard.claim_job(ask.job)
+                if claim.verdict != "claimed":
+                    return claim
+                await self.request.on_running()
                 ask = replace(ask, job=None)
             stored = await self.guard.flights.follow(flight, deadline - time.monotonic())
             if stored is not None:
                 return await self._answer(stored)
             if time.monotonic() >= deadline:  # a slow leader: compute without waiting more
-                return (await self._resolve(replace(ask, coalesce=False)))[0]
+                return _replies(await self._resolve(replace(ask, coalesce=False)))
         result: bytes | None = None
         try:
-            replies, result = await self._resolve(ask)
+            resolved = await self._resolve(ask)
+            if isinstance(resolved, Claim):
+                return resolved
+            replies, result = resolved
             return replies
         finally:
             self.guard.flights.land(ask.digest, flight, result)
 
-    async def _resolve(self, ask: Ask) -> tuple[list[Reply], bytes | None]:
+    async def _resolve(self, ask: Ask) -> tuple[list[Reply], bytes | None] | Claim:
         deadline = time.monotonic() + self.guard.policy.singleflight_wait_s
         while True:
             try:
@@ -158,7 +183,7 @@ class _Run:
                     await self.request.on_running()
                 raise
             if isinstance(verdict, Known):
-                raise AlreadyClaimed(verdict.claim)
+                return verdict.claim
             if ask.job is not None:
                 await self.request.on_running()
                 ask = replace(ask, job=None)
@@ -172,11 +197,6 @@ class _Run:
                 return await self._answer(outcome), outcome
             if outcome == "timeout":  # the leader is slow or gone: compute it here
                 ask = replace(ask, coalesce=False)
-
-    async def _claimed(self, claim: Claim) -> None:
-        if claim.verdict != "claimed":
-            raise AlreadyClaimed(claim)
-        await self.request.on_running()
 
     async def _compute(self, ask: Ask, admitted: Admitted) -> tuple[list[Reply], bytes | None]:
         self.ticket.ask, self.ticket.admitted = ask, admitted

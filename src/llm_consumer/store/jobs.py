@@ -52,15 +52,6 @@ class Claim:
     degraded: bool = False
 
 
-class AlreadyClaimed(Exception):
-    """Raised out of a job whose ledger claim (made with its admission) found the request
-    done, cancelled or running elsewhere: the consumer settles it from `claim`."""
-
-    def __init__(self, claim: Claim) -> None:
-        super().__init__(claim.verdict)
-        self.claim = claim
-
-
 def claim_from(verdict: object, payload: object) -> Claim:
     """The Claim that claim_job.lua's `{verdict, payload}` describes."""
     name = cast(Verdict, verdict.decode() if isinstance(verdict, bytes) else str(verdict))
