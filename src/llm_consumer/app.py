@@ -119,7 +119,6 @@ def build_text_provider(settings: Settings, observe: HeaderObserver | None = Non
             base_url=str(settings.openai_base_url) if settings.openai_base_url else None,
             model=settings.openai_model,
             timeout_s=settings.openai_request_timeout,
-            fallback_models=settings.openai_fallback_models,
             structured_output=settings.openai_structured_output,
             token_limit_param=settings.openai_token_limit_param,
             observe=observe,
@@ -154,6 +153,12 @@ def build_image_service(settings: Settings) -> ImageService:
         owner_key=derive_key(settings.secret, "image-owner"))
 
 
+def text_fallbacks(settings: Settings) -> tuple[str, ...]:
+    """The fallback chain, walked by `MeteredText` so that each model's call is admitted as
+    that model (the text provider itself is built without one)."""
+    return settings.openai_fallback_models if settings.uses_openai else ()
+
+
 def default_text_model(settings: Settings) -> str:
     if settings.uses_openai:
         return settings.openai_model
@@ -182,7 +187,8 @@ def build_guard(settings: Settings, redis: RedisClient, ledger: JobLedger | None
     operations = {"text": settings.rate_limit_text, "theme": settings.rate_limit_theme,
                   "validation": settings.rate_limit_validation,
                   "image_text_to_image": settings.rate_limit_image_text_to_image,
-                  "image_to_image": settings.rate_limit_image_to_image}
+                  "image_to_image": settings.rate_limit_image_to_image,
+                  "image": settings.rate_limit_image}
     limits = LimitsConfig(
         global_=parse_rate(settings.rate_limit_global), user=parse_rate(settings.rate_limit_user),
         operations={name: parse_rate(rate) for name, rate in operations.items()},
@@ -273,7 +279,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                                    leeway_s=settings.jwt_leeway_s,
                                    max_lifetime_s=settings.max_token_lifetime_s),
             rules=rules,
-            deps=Deps(text=MeteredText(text, guard), windows=context_windows(settings, text),
+            deps=Deps(text=MeteredText(text, guard, text_fallbacks(settings)),
+                      windows=context_windows(settings, text),
                       guard=guard, images=images),
         )
         await _subscribe(broker, consumer, settings)

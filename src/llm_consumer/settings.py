@@ -35,7 +35,7 @@ DEFAULT_PRICES = {  # USD per 1,000 tokens (OpenAI list prices); longest prefix 
 ModelRatesRaw = dict[str, str | dict[str, str]]
 RATE_FIELDS = ("rate_limit_global", "rate_limit_user", "rate_limit_text", "rate_limit_theme",
                "rate_limit_validation", "rate_limit_image_text_to_image",
-               "rate_limit_image_to_image")
+               "rate_limit_image_to_image", "rate_limit_image")
 
 
 def _default_instance() -> str:
@@ -156,8 +156,10 @@ class Settings(BaseSettings):
     rate_limit_validation: str = "100/minute"
     rate_limit_image_text_to_image: str = "50/minute"
     rate_limit_image_to_image: str = "50/minute"
+    rate_limit_image: str = Field("50/minute", description="both image operations together")
     rate_limit_models: ModelRatesRaw = Field(
-        {"gpt-4-turbo": "200/minute", "gpt-3.5-turbo": "500/minute"},
+        {"gpt-5-nano": "1000/minute", "gpt-4-turbo": "200/minute",
+         "gpt-3.5-turbo": "500/minute"},
         description='per model: "N/minute" or {"requests": "N/minute", "tokens": "N/minute"}')
     rate_limit_user_share: float = Field(
         0.25, gt=0, le=1, description="share of each operation and model limit one user may "

@@ -66,7 +66,9 @@ def test_defaults_follow_the_integration_guide() -> None:
     assert [parse_rate(getattr(settings, name)) for name in (
         "rate_limit_global", "rate_limit_user", "rate_limit_text", "rate_limit_theme",
         "rate_limit_validation", "rate_limit_image_text_to_image", "rate_limit_image_to_image",
+        "rate_limit_image",
     )] == [Rate(10000, 60.0), Rate(1000, 60.0), Rate(100, 60.0), Rate(50, 60.0),
-           Rate(100, 60.0), Rate(50, 60.0), Rate(50, 60.0)]
+           Rate(100, 60.0), Rate(50, 60.0), Rate(50, 60.0), Rate(50, 60.0)]
     assert parse_model_rates(settings.rate_limit_models) == {
+        "gpt-5-nano": ModelRates(Rate(1000, 60.0)),
         "gpt-4-turbo": ModelRates(Rate(200, 60.0)), "gpt-3.5-turbo": ModelRates(Rate(500, 60.0))}

@@ -10,7 +10,9 @@ The pipeline's admission covers a request's first provider call (a ticket in a c
 variable); when that call leaves, its log entries are moved to that moment (`restamp`, run
 alongside the call), so windows count calls as the provider receives them. `MeteredText` wraps
 the text provider so that any further call in the same request (the repair of an unusable
-answer, another model) is admitted against that model's limits right before it goes out.
+answer, another model) is admitted against that model's limits right before it goes out. It
+walks the fallback chain itself (the provider it wraps is built without one): a fallback
+model's call is admitted as that model, against its own limits, not the first model's.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llm_consumer import metrics
-from llm_consumer.errors import Deferred
+from llm_consumer.errors import Deferred, ServiceError
 from llm_consumer.events import catalog
 from llm_consumer.events.results import RateLimitNotice
 from llm_consumer.handlers.base import CallBudget, Emit
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
+from llm_consumer.providers.fallback_policy import MAX_INLINE_WAITS, next_step
 from llm_consumer.store.admission import Admitted, Ask, Follow, Hit, Known, Limited
 from llm_consumer.store.guard import Guard
 from llm_consumer.store.ratelimit import Notice, model_scopes
@@ -92,18 +95,67 @@ def job_tokens(job: TextJob) -> int:
     return prompt + (job.max_tokens or DEFAULT_ANSWER_TOKENS)
 
 
-class MeteredText:
-    """A TextProvider whose calls beyond a request's first are admitted before they go out."""
+class _HeldRestart:
+    """A sink that passes text on and holds a restart until it is known why the stream starts
+    again (the next model of the chain, or a later attempt); text after it releases it."""
 
-    def __init__(self, inner: TextProvider, guard: Guard) -> None:
+    def __init__(self, sink: StreamSink) -> None:
+        self.sink = sink
+        self.reason: str | None = None
+
+    async def delta(self, text: str) -> None:
+        await self.release()
+        await self.sink.delta(text)
+
+    async def restart(self, reason: str) -> None:
+        self.reason = reason
+
+    async def release(self, reason: str | None = None) -> None:
+        if self.reason is not None:
+            held, self.reason = self.reason, None
+            await self.sink.restart(reason or held)
+
+
+class MeteredText:
+    """A TextProvider whose calls beyond a request's first are admitted before they go out,
+    each against the limits of the model it goes to (fallbacks included)."""
+
+    def __init__(self, inner: TextProvider, guard: Guard,
+                 fallbacks: tuple[str, ...] = ()) -> None:
         self._inner = inner
         self._guard = guard
+        self._fallbacks = fallbacks
         self.name = inner.name
 
     def models_for(self, requested: str | None) -> tuple[str, ...]:
-        return self._inner.models_for(requested)
+        return tuple(dict.fromkeys((*self._inner.models_for(requested), *self._fallbacks)))
 
     async def complete(self, job: TextJob, sink: StreamSink | None = None) -> TextCompletion:
+        """The chain's models in turn: the next one only after a failure the fallback policy
+        sends on (5xx, time-out, unknown model, context overflow)."""
+        models = self.models_for(job.model)
+        for index, model in enumerate(models):
+            last = index + 1 == len(models)
+            held = _HeldRestart(sink) if sink is not None and not last else None
+            try:
+                completion = await self._one(replace(job, model=model), held or sink)
+            except ServiceError as error:
+                step = next_step(error, has_next_model=not last, waits_used=MAX_INLINE_WAITS)
+                if held is not None:
+                    await held.release(None if step.action != "fallback" else
+                                       f"stream from {model} broke; restarting on "
+                                       f"{models[index + 1]}")
+                if step.action != "fallback":
+                    raise
+                continue
+            if held is not None:
+                await held.release()
+            return replace(completion, fallback_used=completion.fallback_used or index > 0)
+        raise AssertionError("a model chain is never empty")
+
+    async def _one(self, job: TextJob, sink: StreamSink | None) -> TextCompletion:
+        """One model's call, admitted against its limits unless the request's admission
+        already covers it."""
         ticket = TICKET.get()
         model = self._inner.models_for(job.model)[0]
         if ticket is None:
