@@ -23,7 +23,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llm_consumer import metrics
+import structlog
+
+from llm_consumer import metrics, tracing
 from llm_consumer.errors import Deferred, ServiceError
 from llm_consumer.events import catalog
 from llm_consumer.events.results import RateLimitNotice
@@ -33,6 +35,8 @@ from llm_consumer.providers.fallback_policy import MAX_INLINE_WAITS, next_step
 from llm_consumer.store.admission import Admitted, Ask, Follow, Hit, Known, Limited
 from llm_consumer.store.guard import Guard
 from llm_consumer.store.ratelimit import Notice, model_scopes
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_ANSWER_TOKENS = 1000
 CHARS_PER_TOKEN = 4
@@ -147,6 +151,8 @@ class MeteredText:
                                        f"{models[index + 1]}")
                 if step.action != "fallback":
                     raise
+                log.info("provider.fallback", model=model, code=error.code,
+                         next_model=models[index + 1])
                 continue
             if held is not None:
                 await held.release()
@@ -156,6 +162,10 @@ class MeteredText:
     async def _one(self, job: TextJob, sink: StreamSink | None) -> TextCompletion:
         """One model's call, admitted against its limits unless the request's admission
         already covers it."""
+        with tracing.stage("llm.provider.call", provider=self.name):
+            return await self._complete(job, sink)
+
+    async def _complete(self, job: TextJob, sink: StreamSink | None) -> TextCompletion:
         ticket = TICKET.get()
         model = self._inner.models_for(job.model)[0]
         if ticket is None:
