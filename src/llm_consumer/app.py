@@ -21,7 +21,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from pydantic import BaseModel
 
-from llm_consumer import metrics
+from llm_consumer import metrics, tracing
 from llm_consumer.auth import TokenVerifier
 from llm_consumer.bus.consumer import CallerRules, Consumer, ConsumerConfig
 from llm_consumer.bus.declare import check_topology
@@ -37,10 +37,10 @@ from llm_consumer.identity import derive_key
 from llm_consumer.images.fetch import FetchPolicy, SourceFetcher
 from llm_consumer.images.service import ImageService
 from llm_consumer.images.storage import S3Options, open_store
+from llm_consumer.policy import ModelPolicy, ReplyPolicy
 from llm_consumer.prompts.fitting import ContextWindows
 from llm_consumer.prompts.tokens import TokenCounter
 from llm_consumer.providers.base import HeaderObserver, TextProvider
-from llm_consumer.policy import ModelPolicy, ReplyPolicy
 from llm_consumer.providers.getimg import V1_FAMILIES, GetImgProvider
 from llm_consumer.providers.images_base import ImageProvider
 from llm_consumer.providers.local import MODEL_NAME, LocalTextProvider
@@ -235,6 +235,7 @@ class StopSignals:
 async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                       ready: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
+    tracing.configure(settings.tracing, settings.event_source.strip("/") or "llm-consumer")
     loop = asyncio.get_running_loop()
     stopping = StopSignals(stop)
     for sig in (signal.SIGTERM, signal.SIGINT):

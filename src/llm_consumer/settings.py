@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     prices: dict[str, dict[str, float]] = Field(
         DEFAULT_PRICES, description='USD per 1k tokens: {"model": {"prompt": p, "completion": c}}')
 
+    tracing: Literal["off", "otlp", "console"] = Field(
+        "off", description="record OpenTelemetry spans: otlp (the otel extra; OTEL_EXPORTER_OTLP_*"
+        " variables) or console; trace context is carried in events either way")
     log_level: LogLevel = "INFO"
     metrics_port: int | None = Field(None, ge=1, le=65535,
                                      description="Prometheus /metrics on 127.0.0.1 when set")

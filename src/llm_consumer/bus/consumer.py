@@ -19,7 +19,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel
 
-from llm_consumer import metrics
+from llm_consumer import metrics, tracing
 from llm_consumer.auth import Principal, TokenVerifier, require
 from llm_consumer.bus.outcome import (
     Busy,
@@ -223,22 +223,34 @@ class Consumer:
             await self._reject(message, error, reply_to=reply_to)
             return error.code
         env = parsed.envelope
+        kind = getattr(parsed.data, "kind", None)
         structlog.contextvars.bind_contextvars(
-            request_id=env.id, correlation_id=env.correlation, type=env.type,
-            kind=getattr(parsed.data, "kind", None))
-        if parsed.spec.direction == "control":
-            try:
-                await self._control(parsed, principal)
-            except RejectedMessage as error:
-                await self._reject(message, error, reply_to=reply_to)
-                return error.code
-            await message.ack()
-            return "control"
-        return await self._request(message, parsed, principal, reply_to)
+            request_id=env.id, correlation_id=env.correlation, type=env.type, kind=kind)
+        parent = tracing.incoming(env.model_extra, message.headers)
+        queued_at = message.timestamp or env.time  # the AMQP timestamp, else the event's time
+        with tracing.request_span(f"llm.request {env.type}", parent, queued_at=queued_at,
+                                  attributes={"messaging.message.id": env.id,
+                                              "llm.kind": str(kind or ""),
+                                              "llm.attempt": self._retry_state(message).attempt}):
+            if parsed.spec.direction == "control":
+                try:
+                    await self._control(parsed, principal)
+                except RejectedMessage as error:
+                    await self._reject(message, error, reply_to=reply_to)
+                    return error.code
+                await message.ack()
+                return "control"
+            return await self._request(message, parsed, principal, reply_to)
 
     async def _reject(self, message: AbstractIncomingMessage, error: RejectedMessage, *,
                       reply_to: str | None) -> None:
         """Dead-letter with the reason; tell the sender when its request id can be read."""
+        with tracing.request_span("llm.rejected", tracing.incoming(None, message.headers),
+                                  queued_at=None, attributes={"llm.error": error.code}):
+            await self._rejected(message, error, reply_to)
+
+    async def _rejected(self, message: AbstractIncomingMessage, error: RejectedMessage,
+                        reply_to: str | None) -> None:
         seen = peek(message.body, self._config.max_message_bytes)
         structlog.contextvars.bind_contextvars(request_id=seen.request_id)
         log.warning("message.rejected", code=error.code, reason=error.message)
@@ -352,8 +364,9 @@ class Consumer:
             if not sealed:  # the pipeline's finish.lua did not record them: record here
                 await self._ledger.finish(key, [_encode(e) for e in events])
             await self._status(env, "completed", attempt, reply_to)
-            for event in events:
-                await self._publisher.publish_event(event, reply_to=reply_to)
+            with tracing.stage("llm.publish", events=len(events)):
+                for event in events:
+                    await self._publisher.publish_event(event, reply_to=reply_to)
             name = "completed"
         elif isinstance(outcome, Duplicate):
             for raw in outcome.stored_events:

@@ -9,6 +9,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_consumer.tracing import outgoing
+
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
 MAX_ID_LENGTH = 200
 
@@ -42,8 +44,10 @@ def new_event(
     source: str,
     cause: Envelope | None = None,
 ) -> Envelope:
-    """A fresh envelope for an event the service publishes, linked to the request that caused it."""
+    """A fresh envelope for an event the service publishes, linked to the request that caused it
+    and carrying the current trace context (CloudEvents distributed-tracing extension)."""
     return Envelope(
+        **outgoing(),
         specversion="1.0",
         id=str(uuid.uuid4()),
         source=source,

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import orjson
 
-from llm_consumer import metrics
+from llm_consumer import metrics, tracing
 from llm_consumer.errors import Deferred
 from llm_consumer.events import catalog
 from llm_consumer.events.requests import TEXT_TO_IMAGE_KINDS, ContentRequested, ImageRequested
@@ -177,7 +177,9 @@ class _Run:
         deadline = time.monotonic() + self.guard.policy.singleflight_wait_s
         while True:
             try:
-                verdict = await admit_within(self.guard, ask, self.request.emit, self.ticket)
+                with tracing.stage("llm.admission", model=self.plan.model):
+                    verdict = await admit_within(self.guard, ask, self.request.emit,
+                                                 self.ticket)
             except Deferred:  # claimed, then over a rate limit: it ran, and waits now
                 if ask.job is not None:
                     await self.request.on_running()

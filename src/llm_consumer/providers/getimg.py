@@ -27,6 +27,7 @@ from llm_consumer.providers.images_base import (
     with_negative,
 )
 from llm_consumer.providers.openai_errors import retry_after_seconds
+from llm_consumer.tracing import outgoing
 
 V1_FAMILIES: dict[str, str] = {
     "stable-diffusion-v1-5": "stable-diffusion",
@@ -178,7 +179,8 @@ class GetImgProvider:
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = await self._client.post(self._base + path, json=body, headers=self._auth)
+            response = await self._client.post(self._base + path, json=body,
+                                               headers={**self._auth, **outgoing()})
         except httpx2.TimeoutException:
             raise TransientFailure(f"getimg {path} timed out", code="timeout") from None
         except httpx2.HTTPError as err:

@@ -34,6 +34,7 @@ from llm_consumer.providers.capabilities import (
 from llm_consumer.providers.fallback_policy import next_step
 from llm_consumer.providers.openai_errors import RequestRefused, scrub, translate_error
 from llm_consumer.providers.response_format import response_format, schema_instruction
+from llm_consumer.tracing import outgoing
 
 log = structlog.get_logger(__name__)
 
@@ -181,13 +182,13 @@ class OpenAITextProvider:
             if stream:
                 answer: Any = await self._client.post(
                     "/chat/completions", cast_to=ChatCompletionChunk, content=body,
-                    options=JSON_BODY, stream=True,
+                    options=_with_trace(JSON_BODY), stream=True,
                     stream_cls=openai.AsyncStream[ChatCompletionChunk])
                 response = answer.response
             else:
                 answer = response = await self._client.post(
                     "/chat/completions", cast_to=httpx2.Response, content=body,
-                    options=JSON_BODY)
+                    options=_with_trace(JSON_BODY))
         except openai.APIStatusError as err:
             await self._notify(model, err.response.headers, err.status_code)
             raise translate_error(err, model) from err
@@ -264,3 +265,11 @@ class OpenAITextProvider:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _with_trace(options: openai.RequestOptions) -> openai.RequestOptions:
+    """The call's options with the current trace context in its headers (tracing.py)."""
+    trace_headers = outgoing()
+    if not trace_headers:
+        return options
+    return {**options, "headers": {**options.get("headers", {}), **trace_headers}}
