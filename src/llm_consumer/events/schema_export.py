@@ -380,6 +380,10 @@ Regenerate with `llm-consumer schemas`; `llm-consumer schemas --check` and
   all of its attempts; past that it ends in `generation.failed` `quota_exhausted`. A request may
   name only offered models (`model.name`, `options.model`): the configured ones and
   ALLOWED_MODELS; any other is `invalid_request`.
+- Trace context (v1.1): a request's `traceparent` / `tracestate` (CloudEvents extension
+  attributes, or AMQP headers of the same names) continue into every event published for it, as
+  extension attributes with the caller's trace id, and into its provider calls; a malformed
+  `traceparent` is ignored.
 - Image answers are not shared across callers through the cache (they name stored images only
   their owner may read); text answers are (the same input gives the same output).
 - Results are published with `mandatory`; notices (progress, job status, heartbeats) nobody
