@@ -58,6 +58,13 @@ async def test_dead_letters_are_listed_replayed_and_succeed(openai_service: Any,
     for request_id in ids:
         assert request_id in listing.stdout
     assert "provider_unavailable" in listing.stdout
+    narrow = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "llm_consumer", "dlq", "list"],
+        env={**cli_env(service.settings), "COLUMNS": "80"}, capture_output=True, text=True,
+        timeout=60)
+    assert all(len(line) <= 80 for line in narrow.stdout.splitlines())
+    for request_id in ids:  # whole, on a line of its own: never cut at 80 columns
+        assert request_id in narrow.stdout
 
     shown = await cli(service.settings, "dlq", "show", ids[0])
     assert shown.returncode == 0 and "x-error-message" in shown.stdout and ids[0] in shown.stdout
@@ -91,6 +98,10 @@ async def test_purge_asks_first(openai_service: Any, fake_openai: Any) -> None:
 
 async def test_unrouted_results_are_kept_and_replayable(openai_service: Any) -> None:
     """A result nobody is bound to receive is kept, then delivered by replay once a peer binds."""
+    from llm_consumer import metrics
+
+    counted = metrics.EVENTS_UNROUTED.labels(catalog.CONTENT_GENERATED)
+    before = counted._value.get()
     service: Service = await openai_service()
     request = build_request("world.location", BACKSTORY)
     # A peer that publishes without reply_to and without a bound queue for results.
@@ -105,6 +116,7 @@ async def test_unrouted_results_are_kept_and_replayable(openai_service: Any) -> 
         if await queue_depth(service.settings, unrouted) >= 1:
             break
         await asyncio.sleep(0.1)
+    assert counted._value.get() == before + 1, "llm_events_unrouted counts it"
     listing = await cli(service.settings, "dlq", "list", "--queue", "unrouted")
     assert "content.generated" in listing.stdout
     async with tap(service.settings, catalog.CONTENT_GENERATED) as hub:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
+import jwt
 import pytest
 
+from llm_consumer.cli.common import Exit
 from llm_consumer.events.content import CharacterBackstory
 from tests.cli.test_dlq import cli_env
 from tests.conftest import HUB_URL, REDIS_URL, SECRET, Service
@@ -31,7 +34,7 @@ async def test_inject_round_trip_on_the_embedded_model(start_service: Any) -> No
         env, "inject", "character.backstory", "--json", "--theme", "dark-fantasy",
         "--context", json.dumps({"name": "Mira", "race": "Half-Elf", "class": "Rogue"}))
     assert code == 0, stderr
-    events = _json_objects(stdout)
+    events = [json.loads(line) for line in stdout.splitlines()]  # JSON Lines
     final = events[-1]
     assert final["type"] == "content.generated", final
     assert final["data"]["model_used"] == "smollm2-135m-instruct"
@@ -52,8 +55,8 @@ async def test_inject_without_a_service_says_so(settings_factory: Any) -> None:
     settings = settings_factory()
     env = {**cli_env(settings), "SECRET_KEY": SECRET}
     code, _, stderr = await run_cli(env, "inject", "character.backstory", "--context", "{}")
-    assert code == 3
-    assert "start the service first" in stderr
+    assert code == Exit.NO_SERVICE
+    assert "start the service first" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 async def test_inject_rejects_bad_context_json(settings_factory: Any) -> None:
@@ -76,9 +79,52 @@ async def test_demo_runs_the_consumer_and_prints_the_generated_event(
     assert "throw-away key" in stderr
 
 
-def _json_objects(text: str) -> list[dict[str, Any]]:
-    decoder, found, index = json.JSONDecoder(), [], 0
-    while (start := text.find("{", index)) != -1:
-        value, index = decoder.raw_decode(text, start)
-        found.append(value)
-    return found
+
+async def test_inject_json_is_json_lines_and_subject_reaches_the_result(
+        openai_service: Any) -> None:
+    service: Service = await openai_service()
+    env = {**cli_env(service.settings), "SECRET_KEY": SECRET}
+    code, stdout, stderr = await run_cli(
+        env, "inject", "character.backstory", "--json", "--stream", "--subject",
+        "character/42", "--context", json.dumps({"name": "Mira"}), timeout_s=60)
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert len(lines) >= 2 and all(isinstance(e, dict) for e in events)
+    assert events[-1]["type"] == "content.generated"
+    assert events[-1].get("subject") == "character/42"
+
+
+async def test_inject_with_an_expired_token_prints_the_reason_at_once(
+        start_service: Any) -> None:
+    """The service answers an unauthenticated caller on the hub only (reply_to is a
+    capability): inject hears it there and does not wait out its time-out."""
+    service: Service = await start_service()
+    now = int(time.time())
+    expired = jwt.encode({"sub": "peer", "permissions": ["llm:content"], "iat": now - 3600,
+                          "exp": now - 600}, SECRET, algorithm="HS256")
+    env = {**cli_env(service.settings), "SECRET_KEY": SECRET}
+    started = time.monotonic()
+    code, _, stderr = await run_cli(env, "inject", "character.backstory", "--context",
+                                    "{}", "--token", expired, "--timeout", "60",
+                                    timeout_s=60)
+    elapsed = time.monotonic() - started
+    assert code == Exit.FAILED, stderr
+    assert elapsed < 15, f"waited {elapsed:.1f}s"
+    [line] = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert ": unauthorized: " in line, line
+    assert "Traceback" not in stderr
+
+
+async def test_inject_warns_when_no_consumer_is_attached(start_service: Any) -> None:
+    service: Service = await start_service()
+    await service.close()  # its queues stay, nobody consumes them
+    env = {**cli_env(service.settings), "SECRET_KEY": SECRET}
+    code, _, stderr = await run_cli(env, "inject", "character.backstory", "--context", "{}",
+                                    "--timeout", "1")
+    assert code == Exit.TIMEOUT
+    assert stderr.splitlines() == [
+        f"warning: no consumer is attached to {service.settings.queue_prefix}requests: the "
+        "request waits there until a service runs (llm-consumer run)",
+        stderr.splitlines()[-1]]
+    assert stderr.splitlines()[-1].startswith("error: no result for ")

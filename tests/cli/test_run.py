@@ -88,3 +88,30 @@ async def test_sigterm_hands_back_what_cannot_finish_in_the_grace(settings_facto
         await hub.wait_for(catalog.CONTENT_GENERATED, request["id"], timeout_s=20)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_a_second_interrupt_during_the_drain_exits_at_once(settings_factory: Any,
+                                                                 fake_openai: Any) -> None:
+    settings = settings_factory()
+    fake_openai.script(hang(60))
+    service = await start_process(settings, fake_openai, SHUTDOWN_GRACE_S="60")
+    process = service.process
+    await send(settings)
+    while not fake_openai.chat_requests:
+        await asyncio.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    while not any(b"service.stopping" in line for line in service.lines):
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(process.wait(), 30) == 130
+    assert time.monotonic() - started < 5, "not the 60 s grace"
+    await service.drain
+    said = b"".join(service.lines).decode()
+    assert "second interrupt: exiting now without finishing the drain" in said
+    topology = build_topology(settings.queue_prefix, settings.hub_exchange)
+    for _ in range(100):  # the broker requeues the unacked request as the connection drops
+        if await queue_depth(settings, topology.work.name) == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert await queue_depth(settings, topology.work.name) == 1, "handed back, not lost"

@@ -14,7 +14,7 @@ from llm_consumer.cli import dlq as dlq_commands
 from llm_consumer.cli import docs as docs_commands
 from llm_consumer.cli import requests as request_commands
 from llm_consumer.cli import service as service_commands
-from llm_consumer.cli.common import console
+from llm_consumer.cli.common import console, no_color
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
@@ -45,4 +45,8 @@ app.command()(cache_commands.usage)
 
 
 def main() -> None:
+    if no_color():  # typer's help and usage errors have a console of their own
+        from typer import rich_utils
+
+        rich_utils.COLOR_SYSTEM = None
     app()

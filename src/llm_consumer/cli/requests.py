@@ -32,6 +32,10 @@ def inject(
     context_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
                                                       help="context from a JSON file")] = None,
     prompt: Annotated[str | None, typer.Option(help="prompt (image kinds)")] = None,
+    messages_file: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="chat.completion: a JSON list of {role, content} turns, or an object with "
+             "`messages` (and optional `response_schema`, `model`)")] = None,
     theme: Annotated[str | None, typer.Option(help="theme preset, e.g. dark-fantasy")] = None,
     stream: Annotated[bool, typer.Option(help="ask for content.progress events")] = False,
     cache: Annotated[bool, typer.Option(help="allow a cached result")] = True,
@@ -57,6 +61,8 @@ def inject(
         data["context"] = ctx
     if prompt is not None:
         data["prompt"] = prompt
+    if messages_file is not None:
+        data |= _load_chat(messages_file)
     if theme is not None:
         data["theme"] = {"preset": theme}
     request = build_request(kind, data, subject=subject)
@@ -78,6 +84,20 @@ def _load_context(context: str | None, context_file: Path | None) -> dict[str, A
     if not isinstance(value, dict):
         fail("context must be a JSON object", Exit.USAGE)
     return value
+
+
+def _load_chat(path: Path) -> dict[str, Any]:
+    """A chat request's fields from a messages file (the service validates them)."""
+    try:
+        value = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        fail(f"cannot read {path} as JSON: {error}", Exit.USAGE)
+    if isinstance(value, list):
+        return {"messages": value}
+    if not isinstance(value, dict) or not isinstance(value.get("messages"), list):
+        fail(f"{path} must hold a list of turns or an object with a `messages` list",
+             Exit.USAGE)
+    return {k: value[k] for k in ("messages", "response_schema", "model") if k in value}
 
 
 async def publish_and_show(settings: Settings, request: dict[str, Any], token: str | None,

@@ -74,8 +74,6 @@ def demo(
         err.print("SECRET_KEY not set: using a throw-away key for this demo", style="dim")
     settings = load(need_secret=True)
     configure_logging("WARNING")
-    if not settings.uses_openai:
-        err.print(EMBEDDED_MODEL_NOTE, style="dim", soft_wrap=True)
     noise = Path(tempfile.gettempdir()) / "llm-consumer-demo.log"
     with library_noise_to(noise):
         code = run_command(_demo(settings, timeout), settings)
@@ -117,6 +115,8 @@ async def _demo(settings: Settings, timeout: float) -> Exit:
     if service.done():
         waiting.cancel()
         service.result()  # raises what stopped the start-up
+    if not settings.uses_openai:  # once it runs: a failed start-up stays one line
+        console.print(EMBEDDED_MODEL_NOTE, style="dim", soft_wrap=True)
     request = build_request("character.backstory", {"context": SAMPLE_CHARACTER,
                                                     "theme": {"preset": "dark-fantasy"}})
     console.print(Panel.fit(Text(orjson.dumps(request, option=orjson.OPT_INDENT_2).decode()),
