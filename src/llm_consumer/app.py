@@ -30,7 +30,7 @@ from llm_consumer.bus.publisher import Publisher
 from llm_consumer.bus.retry_state import RetrySigner
 from llm_consumer.bus.topology import Topology, build_topology
 from llm_consumer.events.envelope import new_event
-from llm_consumer.handlers.base import Deps
+from llm_consumer.handlers.base import Deps, ProgressPolicy
 from llm_consumer.handlers.limits import MeteredText
 from llm_consumer.heartbeat import Probes, Status, run_heartbeats
 from llm_consumer.identity import derive_key
@@ -272,6 +272,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                 work_queue=broker.topology.work.name,
                 max_defer_s=settings.rate_limit_max_wait_s,
                 max_provider_calls=settings.max_provider_calls_per_request,
+                progress=ProgressPolicy(settings.progress_interval_ms / 1000,
+                                        settings.progress_min_chars),
             ),
             publisher=publisher,
             ledger=ledger,

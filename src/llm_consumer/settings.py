@@ -210,6 +210,12 @@ class Settings(BaseSettings):
     prices: dict[str, dict[str, float]] = Field(
         DEFAULT_PRICES, description='USD per 1k tokens: {"model": {"prompt": p, "completion": c}}')
 
+    progress_interval_ms: int = Field(
+        100, ge=0, le=60_000, description="streaming: at least this long between two "
+        "content.progress events of a request")
+    progress_min_chars: int = Field(
+        400, ge=1, le=100_000, description="streaming: text gathered before a content.progress "
+        "event is sent (or 10 intervals, at least 1 s, of waiting)")
     tracing: Literal["off", "otlp", "console"] = Field(
         "off", description="record OpenTelemetry spans: otlp (the otel extra; OTEL_EXPORTER_OTLP_*"
         " variables) or console; trace context is carried in events either way")

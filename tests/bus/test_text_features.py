@@ -29,7 +29,7 @@ def progress(result: Any) -> list[dict[str, Any]]:
 
 
 async def test_stream_publishes_ordered_deltas_before_the_result(openai_service: Any) -> None:
-    service: Service = await openai_service()
+    service: Service = await openai_service(progress_min_chars=1, progress_interval_ms=0)
     result = await service.request("character.backstory", {**SHEET, "stream": True})
     deltas = progress(result)
     assert len(deltas) >= 2
@@ -42,6 +42,21 @@ async def test_stream_publishes_ordered_deltas_before_the_result(openai_service:
         result.final["data"]["content"])
     usage = result.final["data"]["token_usage"]
     assert usage["estimated"] is False and usage["total_tokens"] > 0
+
+
+async def test_stream_coalesces_deltas_at_the_defaults(openai_service: Any,
+                                                       fake_openai: Any) -> None:
+    service: Service = await openai_service()
+    fake_openai.script(reply(None, chunk_count=200))
+    result = await service.request("character.backstory", {**SHEET, "stream": True})
+    deltas = progress(result)
+    assert 1 <= len(deltas) <= 10, "200 streamed chunks, a handful of events"
+    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    streamed = json.loads("".join(d["delta"] for d in deltas))
+    assert streamed == result.final["data"]["content"]
+    types = [e["type"] for e in result.events]
+    assert types.index(catalog.CONTENT_GENERATED) > max(
+        i for i, t in enumerate(types) if t == catalog.CONTENT_PROGRESS)
 
 
 async def test_stream_without_usage_is_estimated(openai_service: Any, fake_openai: Any) -> None:
@@ -70,7 +85,8 @@ async def test_falls_back_to_the_next_model(openai_service: Any, fake_openai: An
 
 async def test_broken_stream_restarts_on_the_fallback_and_says_so(openai_service: Any,
                                                                   fake_openai: Any) -> None:
-    service: Service = await openai_service(openai_fallback_models=("gpt-4.1-mini",))
+    service: Service = await openai_service(openai_fallback_models=("gpt-4.1-mini",),
+                                            progress_min_chars=1, progress_interval_ms=0)
     fake_openai.script(reply(None, break_after_chunks=2, chunk_count=6))
     result = await service.request("character.combat", {**SHEET, "stream": True})
     deltas = progress(result)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import structlog
@@ -52,7 +52,7 @@ from llm_consumer.events.requests import (
     JobCancel,
 )
 from llm_consumer.events.results import ErrorInfo, GenerationFailed, JobState, JobStatus
-from llm_consumer.handlers.base import CallBudget, Deps, Reply, Request
+from llm_consumer.handlers.base import CallBudget, Deps, ProgressPolicy, Reply, Request
 from llm_consumer.handlers.pipeline import guarded
 from llm_consumer.handlers.routes import route
 from llm_consumer.identity import RequestOwner
@@ -76,6 +76,7 @@ class ConsumerConfig:
     work_queue: str  # retry and replay copies arrive through the default exchange under this key
     max_defer_s: float = 600.0  # total rate-limit wait in delay queues before `rate_limited`
     max_provider_calls: int = 16  # per message, across its attempts
+    progress: ProgressPolicy = field(default_factory=ProgressPolicy)  # streamed deltas
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +314,8 @@ class Consumer:
 
         request = Request(envelope=env, data=data, principal=principal, attempt=attempt,
                           emit=lambda t, d: self._publish(t, d, cause=env, reply_to=reply_to),
-                          calls=calls, claims_job=claims_in_job, on_running=running,
+                          calls=calls, progress=self._config.progress,
+                          claims_job=claims_in_job, on_running=running,
                           seal=seal if claims_in_job else None)
         if not claims_in_job:
             await running()

@@ -64,6 +64,18 @@ class CallBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgressPolicy:
+    """How streamed deltas are coalesced into `content.progress` events (handlers/progress)."""
+
+    interval_s: float = 0.1  # PROGRESS_INTERVAL_MS
+    min_chars: int = 400  # PROGRESS_MIN_CHARS
+
+    @property
+    def max_wait_s(self) -> float:
+        return max(1.0, self.interval_s * 10)
+
+
+@dataclass(frozen=True, slots=True)
 class Deps:
     """Everything a handler may use, built once by the app."""
 
@@ -81,6 +93,7 @@ class Request:
     attempt: int
     emit: Emit
     calls: CallBudget = field(default_factory=CallBudget)
+    progress: ProgressPolicy = field(default_factory=lambda: ProgressPolicy())  # streaming
     started: float = field(default_factory=time.monotonic)
     # True: the pipeline makes the job-ledger claim with the request's first admission (one
     # Redis round trip for both) and returns the ledger's Claim when it knows the request.

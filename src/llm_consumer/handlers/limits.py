@@ -30,6 +30,7 @@ from llm_consumer.errors import Deferred, ServiceError
 from llm_consumer.events import catalog
 from llm_consumer.events.results import RateLimitNotice
 from llm_consumer.handlers.base import CallBudget, Emit
+from llm_consumer.handlers.progress import ProgressSink
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
 from llm_consumer.providers.fallback_policy import MAX_INLINE_WAITS, next_step
 from llm_consumer.store.admission import Admitted, Ask, Follow, Hit, Known, Limited
@@ -163,7 +164,10 @@ class MeteredText:
         """One model's call, admitted against its limits unless the request's admission
         already covers it."""
         with tracing.stage("llm.provider.call", provider=self.name):
-            return await self._complete(job, sink)
+            completion = await self._complete(job, sink)
+        if isinstance(sink, ProgressSink):
+            await sink.flush()  # the last gathered delta goes out before anything else
+        return completion
 
     async def _complete(self, job: TextJob, sink: StreamSink | None) -> TextCompletion:
         ticket = TICKET.get()
