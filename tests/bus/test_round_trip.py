@@ -10,7 +10,7 @@ import pytest
 
 from llm_consumer.events import catalog
 from llm_consumer.events.content import CONTENT_MODELS
-from llm_consumer.events.requests import ContentKind, ImageKind
+from llm_consumer.events.requests import STRUCTURED_KINDS, ContentKind, ImageKind
 from llm_consumer.events.results import ContentGenerated, ThemeAnalyzed, ValidationCompleted
 from tests.conftest import Service
 from tests.fakes.openai_server import hang, insufficient_quota, reply, server_error
@@ -28,11 +28,14 @@ RESULT_MODELS = {catalog.CONTENT_GENERATED: ContentGenerated,
 
 
 def data_for(kind: ContentKind) -> dict[str, Any]:
+    if kind == ContentKind.CHAT_COMPLETION:
+        return {"messages": [{"role": "system", "content": "You are Mira, a wry half-elf rogue."},
+                             {"role": "user", "content": "Mira, what do you see in the keep?"}]}
     return {"context": CONTEXTS.get(kind, {"name": "Mira Thornvale", "class": "Rogue"}),
             "theme": {"preset": "dark-fantasy"}}
 
 
-@pytest.mark.parametrize("kind", list(ContentKind), ids=lambda k: k.value)
+@pytest.mark.parametrize("kind", sorted(STRUCTURED_KINDS), ids=lambda k: k.value)
 async def test_every_content_kind_round_trips(openai_service: Any, fake_openai: Any,
                                               kind: ContentKind) -> None:
     service: Service = await openai_service()

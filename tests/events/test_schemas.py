@@ -87,14 +87,22 @@ def test_every_generated_json_schema_is_valid_2020_12() -> None:
 # --- examples ------------------------------------------------------------------------------
 
 
+EXAMPLES = sorted(p.name for p in (SCHEMAS / "examples").glob("*.json"))
+
+
 def test_there_is_one_example_per_consumed_type() -> None:
+    # `<type>.json` for each type; further forms of a type as `<type>.<form>.json`
     found = {p.name.removesuffix(".json") for p in (SCHEMAS / "examples").glob("*.json")}
-    assert found == set(CONSUMED_TYPES)
+    assert found & set(CONSUMED_TYPES) == set(CONSUMED_TYPES)
+    assert {load_json(f"examples/{name}")["type"] for name in EXAMPLES} == set(CONSUMED_TYPES)
+    assert "content.requested.chat.completion.json" in EXAMPLES
 
 
-@pytest.mark.parametrize("event_type", sorted(CONSUMED_TYPES))
-def test_example_is_valid_for_the_model_and_the_schema(event_type: str) -> None:
-    body = load_json(f"examples/{event_type}.json")
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_is_valid_for_the_model_and_the_schema(name: str) -> None:
+    body = load_json(f"examples/{name}")
+    event_type = body["type"]
+    assert name.startswith(f"{event_type}.")
     envelope = Envelope.model_validate(body)
     assert envelope.type == event_type
     EVENTS[event_type].model.model_validate(envelope.data)
@@ -108,6 +116,10 @@ def test_example_is_valid_for_the_model_and_the_schema(event_type: str) -> None:
         ("content.requested", {"type": "image.requested"}),
         ("content.requested", {"data": {"kind": "character.poem", "context": {}}}),
         ("content.requested", {"data": {"kind": "world.location"}}),
+        ("content.requested", {"data": {"kind": "chat.completion"}}),
+        ("content.requested", {"data": {"kind": "chat.completion", "messages": []}}),
+        ("content.requested", {"data": {"kind": "chat.completion", "messages": [
+            {"role": "tool", "content": "hi"}]}}),
         ("image.requested", {"data": {"kind": "item", "options": {"count": 9}}}),
         ("job.cancel", {"specversion": "0.3"}),
         ("cache.invalidate", {"data": None}),

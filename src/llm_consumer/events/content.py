@@ -6,7 +6,7 @@ answer, and so that results stay a sensible size for peers to store.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -140,6 +140,15 @@ class ContentValidation(_Content):
     issues: list[Finding] = Field(max_length=12)
 
 
+class ChatAnswer(_Content):
+    """The assistant's message answering a chat history (kind chat.completion)."""
+
+    role: Literal["assistant"]
+    content: str = Field(description="the assistant's text (the JSON text for a schema answer)")
+    parsed: dict[str, Any] | None = Field(
+        None, description="with `response_schema`: the answer, parsed and validated against it")
+
+
 CONTENT_MODELS: dict[ContentKind, type[BaseModel]] = {
     ContentKind.CHARACTER_BACKSTORY: CharacterBackstory,
     ContentKind.CHARACTER_COMBAT: CharacterCombat,
@@ -153,4 +162,5 @@ CONTENT_MODELS: dict[ContentKind, type[BaseModel]] = {
     ContentKind.THEME_APPLY: ThemedText,
     ContentKind.THEME_ANALYZE: ThemeAnalysis,
     ContentKind.CONTENT_VALIDATE: ContentValidation,
+    ContentKind.CHAT_COMPLETION: ChatAnswer,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 4000
@@ -19,6 +20,13 @@ MAX_JSON_DEPTH = 64
 MAX_SOURCE_IMAGES = 4  # sources one transform may combine (OpenAI's edits take up to 16)
 MAX_IMAGES = 4  # images one generation asks for
 MAX_VARIATIONS = 8  # panels of a variations request: two grids of 2x2
+# A chat history: turns beyond what the model's window holds are dropped (oldest first) before
+# the call; these bound what a caller may send at all.
+MAX_CHAT_TURNS = 64
+MAX_CHAT_TURN_CHARS = 16_000
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 64
+MAX_RESPONSE_SCHEMA_BYTES = 16_000
 
 
 class _Inbound(BaseModel):
@@ -39,6 +47,13 @@ class ContentKind(StrEnum):
     THEME_APPLY = "theme.apply"
     THEME_ANALYZE = "theme.analyze"
     CONTENT_VALIDATE = "content.validate"
+    CHAT_COMPLETION = "chat.completion"
+
+
+# Kinds answered from a caller's `context` against the kind's own schema; the others (chat)
+# answer a `messages` history.
+CHAT_KINDS = frozenset({ContentKind.CHAT_COMPLETION})
+STRUCTURED_KINDS = frozenset(ContentKind) - CHAT_KINDS
 
 
 class ImageKind(StrEnum):
@@ -72,26 +87,107 @@ class Theme(_Inbound):
                     f"{MAX_LANGUAGE_PATTERN_CHARS} characters each")
 
 
+StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
 class ModelOptions(_Inbound):
+    """The model and its sampling parameters; `stop` is for kind chat.completion only."""
+
     name: str | None = Field(None, max_length=200)
     temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1, le=32_000)
+    stop: StopSequence | list[StopSequence] | None = Field(
+        None, description=f"chat.completion only: up to {MAX_STOP_SEQUENCES} sequences of at "
+                          f"most {MAX_STOP_CHARS} characters that end the answer")
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and not 1 <= len(stop) <= MAX_STOP_SEQUENCES:
+            raise ValueError(f"takes 1 to {MAX_STOP_SEQUENCES} stop sequences, got {len(stop)}")
+        return stop
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatTurn(_Inbound):
+    """One turn of a chat history. A `system` turn is the caller's persona for the assistant:
+    it follows the service's own system message (the platform's rules), which it cannot
+    override."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_CHAT_TURN_CHARS)
 
 
 class ContentRequested(_Inbound):
-    """`content.requested`: generate text of one kind."""
+    """`content.requested`: generate text of one kind (chat.completion: answer a history)."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [{
+        "if": {"properties": {"kind": {"const": "chat.completion"}}, "required": ["kind"]},
+        "then": {"required": ["messages"]},
+        "else": {"required": ["context"]},
+    }]})
 
     kind: ContentKind
-    context: dict[str, Any] = Field(
-        description="the inputs of the kind, quoted to the model as data; bounded by the "
+    context: dict[str, Any] | None = Field(
+        None,
+        description="required by every kind but chat.completion: the inputs of the kind, "
+                    "quoted to the model as data; bounded by the "
                     f"message size (MAX_MESSAGE_BYTES) and by {MAX_JSON_DEPTH} levels of JSON "
                     "nesting in the whole body; fitted to the model's context window (least "
                     "important parts trimmed first), else refused with context_length_exceeded")
+    messages: list[ChatTurn] | None = Field(
+        None, min_length=1, max_length=MAX_CHAT_TURNS, description=(
+            f"chat.completion only (and required there): 1 to {MAX_CHAT_TURNS} turns of at "
+            f"most {MAX_CHAT_TURN_CHARS} characters, the last one a user turn. Fitted to the "
+            "model's window by dropping the oldest user/assistant turns first; system turns "
+            "and the last user turn are always kept (else context_length_exceeded)"))
+    response_schema: dict[str, Any] | None = Field(
+        None, description=(
+            "chat.completion only: a JSON Schema (an object schema, at most "
+            f"{MAX_RESPONSE_SCHEMA_BYTES} bytes as JSON) the answer must match; the result's "
+            "`content.parsed` then holds the parsed object. Absent: a free-text answer"))
     theme: Theme | None = None
     model: ModelOptions | None = None
     stream: bool = False
     cache: bool = True
     user_id: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="after")
+    def _inputs_for_kind(self) -> ContentRequested:
+        if self.kind in CHAT_KINDS:
+            if not self.messages:
+                raise ValueError(f"kind {self.kind.value} needs messages")
+            if self.messages[-1].role != "user":
+                raise ValueError("the last of messages must be a user turn")
+            if self.context is not None or self.theme is not None:
+                raise ValueError(f"kind {self.kind.value} takes messages, not context or theme")
+            schema = self.response_schema
+            if schema is not None:
+                if len(orjson.dumps(schema)) > MAX_RESPONSE_SCHEMA_BYTES:
+                    raise ValueError(f"response_schema is over {MAX_RESPONSE_SCHEMA_BYTES} bytes")
+                if schema.get("type") != "object":
+                    raise ValueError('response_schema must be an object schema '
+                                     '({"type": "object", ...})')
+            return self
+        if self.context is None:
+            raise ValueError(f"kind {self.kind.value} needs a context")
+        if self.messages is not None or self.response_schema is not None:
+            raise ValueError(f"messages and response_schema are for kind "
+                             f"{ContentKind.CHAT_COMPLETION.value} only")
+        if self.model is not None and self.model.stop is not None:
+            raise ValueError(f"model.stop is for kind {ContentKind.CHAT_COMPLETION.value} only")
+        return self
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """The context of a structured kind (empty for chat, which has none)."""
+        return self.context if self.context is not None else {}
 
 
 class SourceImage(_Inbound):

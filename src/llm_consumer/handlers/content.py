@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llm_consumer.events import catalog
 from llm_consumer.events import content as shapes
-from llm_consumer.events.requests import ContentKind, ContentRequested
+from llm_consumer.events.requests import STRUCTURED_KINDS, ContentKind, ContentRequested
 from llm_consumer.events.results import (
     ContentGenerated,
     ElementAssessment,
@@ -13,6 +13,7 @@ from llm_consumer.events.results import (
     ValidationIssue,
 )
 from llm_consumer.handlers.base import Deps, Reply, Request
+from llm_consumer.handlers.chat import handle_chat
 from llm_consumer.handlers.render import render_text
 from llm_consumer.handlers.text_generation import generate
 
@@ -73,9 +74,10 @@ async def handle_content_validate(request: Request, deps: Deps) -> list[Reply]:
 
 CONTENT_HANDLERS = {
     kind: handle_content
-    for kind in ContentKind
+    for kind in STRUCTURED_KINDS
     if kind not in (ContentKind.THEME_ANALYZE, ContentKind.CONTENT_VALIDATE)
 } | {
     ContentKind.THEME_ANALYZE: handle_theme_analyze,
     ContentKind.CONTENT_VALIDATE: handle_content_validate,
+    ContentKind.CHAT_COMPLETION: handle_chat,
 }

@@ -78,7 +78,8 @@ def estimate_tokens(data: ContentRequested | ImageRequested, window: int | None 
     if isinstance(data, ImageRequested):
         return 1
     theme = data.theme.model_dump(exclude_none=True) if data.theme else {}
-    chars = len(orjson.dumps(data.context)) + len(orjson.dumps(theme))
+    chars = (len(orjson.dumps(data.context)) + len(orjson.dumps(theme))
+             + sum(len(turn.content) for turn in data.messages or ()))
     answer = (data.model.max_tokens if data.model and data.model.max_tokens
               else kind_templates()[data.kind.value].max_tokens)
     tokens = math.ceil(chars / CHARS_PER_TOKEN) + PROMPT_OVERHEAD_TOKENS + answer

@@ -81,7 +81,7 @@ def _job(request: Request, deps: Deps, provider: TextProvider,
          model: type[BaseModel]) -> TextJob:
     data = request.data
     assert isinstance(data, ContentRequested)
-    check_context(data.kind, data.context)
+    check_context(data.kind, data.inputs)
     template = kind_templates()[data.kind.value]
     options = data.model
     models = provider.models_for(options.name if options else None)
@@ -95,7 +95,7 @@ def _job(request: Request, deps: Deps, provider: TextProvider,
     fixed = (system_message(with_theme=theme is not None)
              + user_message(template.instruction, "", "" if theme else None)
              + orjson.dumps(schema).decode())
-    fitted = fit_data(data.context, theme, fixed_text=fixed, budget=budget,
+    fitted = fit_data(data.inputs, theme, fixed_text=fixed, budget=budget,
                       keep=frozenset(template.required_context))
     system = system_message(with_theme=fitted.theme is not None)
     report = fitted.report
@@ -112,6 +112,7 @@ def _job(request: Request, deps: Deps, provider: TextProvider,
         model=options.name if options else None,
         temperature=options.temperature if options else None,
         max_tokens=report.max_tokens,
+        top_p=options.top_p if options else None,
     )
 
 
@@ -122,7 +123,7 @@ async def _prepared_job(request: Request, deps: Deps, provider: TextProvider,
     serving the other requests meanwhile."""
     data = request.data
     assert isinstance(data, ContentRequested)
-    if len(orjson.dumps(data.context)) < OFF_LOOP_BYTES:
+    if len(orjson.dumps(data.inputs)) < OFF_LOOP_BYTES:
         return _job(request, deps, provider, model)
     return await asyncio.to_thread(_job, request, deps, provider, model)
 
@@ -147,7 +148,7 @@ async def generate(request: Request, deps: Deps, model: type[ContentT]) -> Gener
             user=f"{job.user}\n\nYour previous answer was rejected: {problem}. "
             "Answer again with one complete JSON object that matches the schema.",
             schema_name=job.schema_name, schema=job.schema, model=job.model,
-            temperature=job.temperature, max_tokens=job.max_tokens,
+            temperature=job.temperature, max_tokens=job.max_tokens, top_p=job.top_p,
         )
         completion = await provider.complete(repair, sink)
         usage = _add(usage, completion.usage)

@@ -4,22 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from llm_consumer.events.results import TokenUsage
 
 
 @dataclass(frozen=True, slots=True)
+class Turn:
+    """One chat turn after the service's system message: a caller's system (persona), user or
+    assistant turn."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class TextJob:
-    """One structured-output completion: the answer must be JSON matching `schema`."""
+    """One completion. With a `schema` the answer must be JSON matching it; without one it is
+    free text (chat). The model sees `system` (the service's rules), then `messages` when given
+    (a chat history), else the one `user` message."""
 
     system: str
     user: str
     schema_name: str
-    schema: dict[str, Any]
+    schema: dict[str, Any] | None
     model: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    messages: tuple[Turn, ...] = ()
+
+    def turns(self) -> tuple[Turn, ...]:
+        """What follows the system message: the history, or the single user message."""
+        return self.messages or (Turn("user", self.user),)
 
 
 @dataclass(frozen=True, slots=True)

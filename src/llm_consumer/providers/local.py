@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_consumer.errors import PermanentFailure, TransientFailure
 from llm_consumer.events.results import TokenUsage
-from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob
+from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, Turn
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -33,6 +33,7 @@ MIN_ANSWER_TOKENS = 256
 REPEAT_PENALTY = 1.1
 # ChatML wrapping: "<|im_start|>role\n…<|im_end|>\n" twice plus "<|im_start|>assistant\n".
 _TEMPLATE_TOKENS = 32
+_TURN_TOKENS = 8  # "<|im_start|>role\n…<|im_end|>\n" around each further chat turn
 # The converter nests one group per allowed char and llama.cpp's grammar parser refuses more
 # than ~1000 (maxLength 1001 parses, 1002 does not); llama-cpp-python then segfaults instead
 # of raising. Stay well under it.
@@ -265,6 +266,15 @@ class LocalTextProvider:
                 code="context_length_exceeded",
             )
         user = job.user
+        if job.messages:  # a chat history, already fitted to the window (prompts/chat.py)
+            used = sum(len(self._llama.tokenize(turn.content.encode(), add_bos=False,
+                                                special=False)) + _TURN_TOKENS
+                       for turn in job.messages)
+            if used > room:
+                raise PermanentFailure(f"the chat history needs {used} tokens, over the "
+                                       f"{self._n_ctx}-token context",
+                                       code="context_length_exceeded")
+            return user, min(job.max_tokens or DEFAULT_MAX_TOKENS, self._n_ctx - fixed - used)
         tokens = self._llama.tokenize(user.encode(), add_bos=False, special=False)
         if len(tokens) > room:
             user = self._llama.detokenize(tokens[:room]).decode("utf-8", errors="ignore")
@@ -279,15 +289,22 @@ class LocalTextProvider:
         try:
             self._load_sync()
             assert self._llama is not None
-            grammar = LlamaGrammar.from_string(schema_grammar(job.schema), verbose=False)
             user, max_tokens = self._fit(job)
+            turns = job.messages or (Turn("user", user),)
             messages: Any = [{"role": "system", "content": job.system},
-                             {"role": "user", "content": user}]
+                             *({"role": turn.role, "content": turn.content} for turn in turns)]
             options: dict[str, Any] = {
-                "grammar": grammar, "max_tokens": max_tokens, "repeat_penalty": REPEAT_PENALTY,
+                "max_tokens": max_tokens, "repeat_penalty": REPEAT_PENALTY,
                 "temperature": DEFAULT_TEMPERATURE if job.temperature is None
                 else job.temperature,
             }
+            if job.schema is not None:
+                options["grammar"] = LlamaGrammar.from_string(schema_grammar(job.schema),
+                                                              verbose=False)
+            if job.top_p is not None:
+                options["top_p"] = job.top_p
+            if job.stop:
+                options["stop"] = list(job.stop)
             if emit is None:
                 response: Any = self._llama.create_chat_completion(messages=messages, **options)
                 choice = response["choices"][0]
@@ -300,7 +317,8 @@ class LocalTextProvider:
             if emit is not None:
                 emit(None)
         # Streams carry no usage: count with the model's own tokenizer then.
-        prompt_tokens = reported.get("prompt_tokens") or self._count_messages(job.system, user)
+        prompt_tokens = reported.get("prompt_tokens") or self._count_messages(
+            job.system, *(turn.content for turn in turns))
         completion_tokens = reported.get("completion_tokens") or len(
             self._llama.tokenize(text.encode(), add_bos=False, special=False))
         return TextCompletion(
@@ -327,9 +345,9 @@ class LocalTextProvider:
             finish = choice.get("finish_reason") or finish
         return "".join(parts), finish
 
-    def _count_messages(self, system: str, user: str) -> int:
+    def _count_messages(self, system: str, *turns: str) -> int:
         """Prompt tokens as the model counts them (llama.cpp's own usage, made exact)."""
         assert self._llama is not None
-        text = system + user
+        text = system + "".join(turns)
         return len(self._llama.tokenize(text.encode(), add_bos=False, special=False)) + (
-            _TEMPLATE_TOKENS)
+            _TEMPLATE_TOKENS + _TURN_TOKENS * max(0, len(turns) - 1))

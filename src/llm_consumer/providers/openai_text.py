@@ -56,7 +56,9 @@ def _usage(model: str, system: str, job: TextJob, text: str, reported: Any) -> T
                           completion_tokens=reported.completion_tokens,
                           total_tokens=reported.total_tokens)
     counter = counter_for(model)
-    prompt = (counter.count(system) + counter.count(job.user) + 2 * MESSAGE_OVERHEAD_TOKENS)
+    turns = job.turns()
+    prompt = (counter.count(system) + sum(counter.count(turn.content) for turn in turns)
+              + (1 + len(turns)) * MESSAGE_OVERHEAD_TOKENS)
     completion = counter.count(text)
     return TokenUsage(prompt_tokens=prompt, completion_tokens=completion,
                       total_tokens=prompt + completion, estimated=True)
@@ -147,6 +149,8 @@ class OpenAITextProvider:
 
     @staticmethod
     def _system(job: TextJob, caps: Capabilities) -> str:
+        if job.schema is None:  # a free-text answer
+            return job.system
         return job.system + schema_instruction(caps.structured, job.schema)
 
     @classmethod
@@ -156,15 +160,20 @@ class OpenAITextProvider:
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": "system", "content": cls._system(job, caps)},
-                         {"role": "user", "content": job.user}],
+                         *({"role": turn.role, "content": turn.content}
+                           for turn in job.turns())],
         }
-        fmt = response_format(caps, job.schema_name, job.schema)
+        fmt = response_format(caps, job.schema_name, job.schema) if job.schema else None
         if fmt is not None:
             body["response_format"] = fmt
         if job.max_tokens is not None:
             body[caps.token_param] = job.max_tokens
         if job.temperature is not None and "temperature" not in caps.dropped:
             body["temperature"] = job.temperature
+        if job.top_p is not None and "top_p" not in caps.dropped:
+            body["top_p"] = job.top_p
+        if job.stop:
+            body["stop"] = list(job.stop)
         if stream:
             body["stream"] = True
             if caps.stream_options:
