@@ -64,6 +64,9 @@ async def test_invalidate_and_stats(openai_service: Any, fake_openai: Any,
     stats = await cli(service.settings, fake_openai, "cache", "stats")
     assert stats.returncode == 0, stats.stderr
     assert "character.backstory" in stats.stdout and "world.location" in stats.stdout
+    as_json = await cli(service.settings, fake_openai, "cache", "stats", "--json")
+    rows = {row["kind"]: row for row in map(orjson.loads, as_json.stdout.splitlines())}
+    assert rows["world.location"]["entries"] == 1 and rows["character.backstory"]["entries"] == 1
     dropped = await cli(service.settings, fake_openai, "cache", "invalidate", "--kind",
                         "world.location")
     assert dropped.returncode == 0, dropped.stderr
@@ -89,6 +92,10 @@ async def test_usage_table(openai_service: Any, fake_openai: Any, tmp_path: Path
     assert "gpt-5-nano" in row and row.split("│")[-2].strip() == "2", "two cache hits"
     assert any("cache-warm" in line and "character.backstory" in line for line in lines)
     assert any("total" in line for line in lines) and "$0.0" in table.stdout
+    lines = (await cli(service.settings, fake_openai, "usage", "--json")).stdout.splitlines()
+    rows = [orjson.loads(line) for line in lines]  # JSON Lines: one row each
+    [hits] = [r for r in rows if r["kind"] == "world.location" and r["user"] == "tester"]
+    assert hits["cache_hits"] == 2 and hits["model"] == "gpt-5-nano"
     mine = await cli(service.settings, fake_openai, "usage", "--user", "tester", "--days", "7")
     assert "cache-warm" not in mine.stdout and "tester" in mine.stdout
     none = await cli(service.settings, fake_openai, "usage", "--model", "gpt-4-turbo")

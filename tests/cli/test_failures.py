@@ -160,3 +160,15 @@ async def test_no_color_means_no_escape_codes(settings_factory: Any) -> None:
         _, stdout, stderr = await run_cli({**env, "NO_COLOR": "1"}, *args)
         assert "\x1b[" not in stdout + stderr, args
 
+
+
+async def test_health_reports_json_lines(start_service: Any) -> None:
+    import json
+
+    service = await start_service(heartbeat_every_s=0.5)
+    code, stdout, stderr = await run_cli(env_for(service.settings), "health", "--wait", "2",
+                                         "--json")
+    assert code == 0, stderr
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert lines[:2] == [{"check": "redis", "status": "ok"}, {"check": "broker", "status": "ok"}]
+    assert [x["instance"] for x in lines[2:]] == [service.settings.instance_id]

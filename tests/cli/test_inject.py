@@ -77,6 +77,8 @@ async def test_demo_runs_the_consumer_and_prints_the_generated_event(
     assert code == 0, stdout + stderr
     assert "content.generated" in stdout and "character.backstory" in stdout
     assert "throw-away key" in stderr
+    assert "SmolLM2-135M, a tiny CPU model: expect short, simple text" in stdout
+    assert "llama_" not in stdout + stderr, "llama.cpp's own lines stay out of the output"
 
 
 
