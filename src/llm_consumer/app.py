@@ -32,7 +32,7 @@ from llm_consumer.bus.topology import Topology, build_topology
 from llm_consumer.events.envelope import new_event
 from llm_consumer.handlers.base import Deps, ProgressPolicy
 from llm_consumer.handlers.limits import MeteredText
-from llm_consumer.heartbeat import Probes, Status, run_heartbeats
+from llm_consumer.heartbeat import Probes, Status, model_components, run_heartbeats
 from llm_consumer.identity import derive_key
 from llm_consumer.images.fetch import FetchPolicy, SourceFetcher
 from llm_consumer.images.service import ImageService
@@ -41,9 +41,11 @@ from llm_consumer.policy import ModelPolicy, ReplyPolicy
 from llm_consumer.prompts.fitting import ContextWindows
 from llm_consumer.prompts.tokens import TokenCounter
 from llm_consumer.providers.base import HeaderObserver, TextProvider
+from llm_consumer.providers.breaker import BreakerBoard
 from llm_consumer.providers.getimg import V1_FAMILIES, GetImgProvider
 from llm_consumer.providers.images_base import ImageProvider
 from llm_consumer.providers.local import MODEL_NAME, LocalTextProvider
+from llm_consumer.providers.open_circuit import OpenCircuitFallback
 from llm_consumer.providers.openai_images import OpenAIImageProvider
 from llm_consumer.settings import Settings
 from llm_consumer.store.client import RedisClient, open_redis, verify_redis
@@ -122,6 +124,10 @@ def build_text_provider(settings: Settings, observe: HeaderObserver | None = Non
             structured_output=settings.openai_structured_output,
             token_limit_param=settings.openai_token_limit_param,
             observe=observe,
+            breakers=BreakerBoard("openai", threshold=settings.breaker_failure_threshold,
+                                  cooldown_s=settings.breaker_cooldown_s,
+                                  models=(settings.openai_model,
+                                          *settings.openai_fallback_models)),
         )
     return LocalTextProvider(settings.local_model_path, n_threads=settings.local_model_threads)
 
@@ -151,6 +157,19 @@ def build_image_service(settings: Settings) -> ImageService:
                                           timeout_s=settings.image_fetch_timeout_s,
                                           allowlist=settings.image_fetch_allowlist)),
         owner_key=derive_key(settings.secret, "image-owner"))
+
+
+def open_circuit_fallback(chain: TextProvider, text: TextProvider, settings: Settings,
+                          ) -> tuple[TextProvider, LocalTextProvider | None]:
+    """`chain` behind BREAKER_OPEN_FALLBACK when `text` has circuit breakers (a remote
+    provider), and the embedded model built for `local` (to be closed by the caller)."""
+    board = getattr(text, "breakers", None)
+    if not isinstance(board, BreakerBoard):
+        return chain, None
+    simpler = (LocalTextProvider(settings.local_model_path,
+                                 n_threads=settings.local_model_threads)
+               if settings.breaker_open_fallback == "local" else None)
+    return OpenCircuitFallback(chain, board, simpler), simpler
 
 
 def text_fallbacks(settings: Settings) -> tuple[str, ...]:
@@ -258,6 +277,10 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         stack.push_async_callback(text.aclose)
         images = build_image_service(settings)
         stack.push_async_callback(images.aclose)
+        answering, simpler = open_circuit_fallback(
+            MeteredText(text, guard, text_fallbacks(settings)), text, settings)
+        if simpler is not None:
+            stack.push_async_callback(simpler.aclose)
         rules = caller_rules(settings)
         publisher = Publisher(broker.channel, broker.hub, broker.topology,
                               broker.dead_letter_exchange, signer=rules.signer,
@@ -282,7 +305,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                                    leeway_s=settings.jwt_leeway_s,
                                    max_lifetime_s=settings.max_token_lifetime_s),
             rules=rules,
-            deps=Deps(text=MeteredText(text, guard, text_fallbacks(settings)),
+            deps=Deps(text=answering,
                       windows=context_windows(settings, text),
                       guard=guard, images=images),
         )
@@ -290,7 +313,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         if settings.metrics_port is not None:
             metrics.serve(settings.metrics_port, settings.metrics_host)
         probes = await _probes(settings, broker, ledger, guard, consumer, text.name,
-                               publisher)
+                               publisher, breakers=getattr(text, "breakers", None))
 
         async def publish(event_type: str, data: BaseModel) -> None:
             await publisher.publish_event(new_event(event_type, data,
@@ -327,7 +350,7 @@ async def _subscribe(broker: Broker, consumer: Consumer, settings: Settings) -> 
 
 async def _probes(settings: Settings, broker: Broker, ledger: JobLedger, guard: Guard,
                   consumer: Consumer, text_provider: str,
-                  publisher: Publisher) -> Probes:
+                  publisher: Publisher, *, breakers: BreakerBoard | None = None) -> Probes:
     """What each heartbeat reads, over a channel of its own (a failed passive declare closes
     the channel it runs on, never the publishing one)."""
     probe_channel = await broker.connection.channel(publisher_confirms=False)
@@ -363,4 +386,5 @@ async def _probes(settings: Settings, broker: Broker, ledger: JobLedger, guard: 
         p95_ms=lambda: consumer.stats.p95_ms,
         queue_depths=depths,
         dead_letters_parked=lambda: publisher.dead_letters.raised,
+        models=(lambda: model_components(breakers)) if breakers is not None else dict,
     )

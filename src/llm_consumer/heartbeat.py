@@ -16,11 +16,13 @@ import structlog
 from llm_consumer import metrics
 from llm_consumer.events import catalog
 from llm_consumer.events.results import HeartbeatMetrics, ServiceHeartbeat
+from llm_consumer.providers.breaker import BreakerBoard, State
 
 log = structlog.get_logger(__name__)
 Status = Literal["ok", "degraded", "down", "disabled"]
 # `degraded`: the dead-letter queue is full and dead letters are parked in the longest delay queue
 DEAD_LETTER_COMPONENT = "dead-letter-queue"
+BREAKER_STATUS: dict[State, Status] = {"closed": "ok", "half_open": "degraded", "open": "down"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,15 @@ class Probes:
     queue_depths: Callable[[], Awaitable[dict[str, int]]]
     # True while dead letters are parked because the dead-letter queue refuses them
     dead_letters_parked: Callable[[], bool] = lambda: False
+    # "model:<provider>/<model>" -> its availability (model_components)
+    models: Callable[[], dict[str, Status]] = dict
+
+
+def model_components(board: BreakerBoard) -> dict[str, Status]:
+    """Each text model's availability from its circuit breaker: closed `ok`, half-open (one
+    probe call allowed) `degraded`, open (skipped) `down`."""
+    return {f"model:{board.provider}/{model}": BREAKER_STATUS[state]
+            for model, state in board.states().items()}
 
 
 def overall(components: dict[str, Status]) -> Literal["ok", "degraded", "down"]:
@@ -57,6 +68,7 @@ async def beat_once(probes: Probes) -> ServiceHeartbeat:
         "cache": cache if redis_ok else "degraded",
         **{f"provider:{name}": status for name, status in probes.providers.items()},
         DEAD_LETTER_COMPONENT: "degraded" if probes.dead_letters_parked() else "ok",
+        **probes.models(),
     }
     with contextlib.suppress(Exception):
         for queue, depth in (await probes.queue_depths()).items():

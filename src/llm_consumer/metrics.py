@@ -34,6 +34,16 @@ EVENTS_UNROUTED = Counter(
     "llm_events_unrouted",
     "Results the hub routed to no queue (kept in the unrouted queue for replay), by type",
     ["event_type"], registry=REGISTRY)
+BREAKER_STATE = Gauge(
+    "llm_breaker_state",
+    "Circuit breaker of each text model: 0 closed (available), 1 half-open (probing), "
+    "2 open (skipped)", ["provider", "model"], registry=REGISTRY)
+BREAKER_TRANSITIONS = Counter("llm_breaker_transitions",
+                              "Circuit breaker state changes, by the state entered",
+                              ["provider", "model", "state"], registry=REGISTRY)
+BREAKER_SKIPPED = Counter("llm_breaker_skipped_calls",
+                          "Calls not sent because the model's circuit was open",
+                          ["provider", "model"], registry=REGISTRY)
 CACHE = Counter("llm_cache_lookups", "Response cache lookups, by result", ["result"],
                 registry=REGISTRY)
 RATE_LIMIT = Counter("llm_rate_limit_decisions", "Rate-limit decisions", ["decision"],

@@ -142,6 +142,18 @@ class Settings(BaseSettings):
         "refusal; a value pins it")
     openai_token_limit_param: Literal["auto", "max_completion_tokens", "max_tokens"] = Field(
         "auto", description="name of the output-token limit parameter; auto learns it")
+    # Circuit breakers, per text model: open after this many transient failures in a row,
+    # half-open (one probe call) after the cool-down; while every remote model of a request's
+    # chain is open, `defer` retries it when the first one half-opens, `local` answers with the
+    # embedded model (needs the local extra).
+    breaker_failure_threshold: int = Field(
+        5, ge=1, le=1000, description="transient failures in a row (5xx, time-outs) that open "
+        "a text model's circuit")
+    breaker_cooldown_s: float = Field(
+        30.0, gt=0, le=3600, description="seconds an open circuit waits before one probe call")
+    breaker_open_fallback: Literal["defer", "local"] = Field(
+        "defer", description="when every remote model of a request is open: defer it until "
+        "the first half-opens, or answer with the embedded model (fallback_used)")
 
     # GetImg.AI
     getimg_api_key: SecretStr | None = Field(

@@ -21,10 +21,12 @@ import structlog
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import ValidationError
 
+from llm_consumer import metrics
 from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.events.results import TokenUsage
 from llm_consumer.prompts.tokens import MESSAGE_OVERHEAD_TOKENS, counter_for
 from llm_consumer.providers.base import HeaderObserver, StreamSink, TextCompletion, TextJob
+from llm_consumer.providers.breaker import BreakerBoard, CircuitOpen, trips
 from llm_consumer.providers.capabilities import (
     Capabilities,
     CapabilityBook,
@@ -78,9 +80,11 @@ class OpenAITextProvider:
                  fallback_models: tuple[str, ...] = (),
                  observe: HeaderObserver | None = None,
                  structured_output: StructuredSetting = "auto",
-                 token_limit_param: TokenSetting = "auto") -> None:
+                 token_limit_param: TokenSetting = "auto",
+                 breakers: BreakerBoard | None = None) -> None:
         self.model = model
         self._fallbacks = fallback_models
+        self.breakers = breakers or BreakerBoard(self.name, models=(model, *fallback_models))
         self._observe = observe
         self.capabilities = CapabilityBook(base_url or OPENAI_BASE_URL,
                                            structured=structured_output,
@@ -101,7 +105,7 @@ class OpenAITextProvider:
         while True:
             model = models[index]
             try:
-                completion = await self._call(job, model, sink)
+                completion = await self._guarded_call(job, model, sink)
             except ServiceError as error:
                 adapted = isinstance(error, RequestRefused) and error.adapted is not None
                 step = next_step(error, has_next_model=index + 1 < len(models),
@@ -128,6 +132,30 @@ class OpenAITextProvider:
             return TextCompletion(text=completion.text, model_used=completion.model_used,
                                   usage=completion.usage, fallback_used=fallback,
                                   finish_reason=completion.finish_reason)
+
+    async def _guarded_call(self, job: TextJob, model: str,
+                            sink: StreamSink | None) -> TextCompletion:
+        """`_call` through `model`'s circuit breaker: refused at once (CircuitOpen, which the
+        chain falls back from) while it is open; its outcome is the breaker's verdict."""
+        breaker = self.breakers.breaker(model)
+        if not breaker.allow():
+            metrics.BREAKER_SKIPPED.labels(self.name, model).inc()
+            raise CircuitOpen(self.name, model, breaker.retry_after())
+        try:
+            completion = await self._call(job, model, sink)
+        except ServiceError as error:
+            if trips(error):
+                breaker.failed()
+            elif isinstance(error, TransientFailure):  # rate-limited: no verdict
+                breaker.released()
+            else:  # the server answered (a refusal is not an outage)
+                breaker.succeeded()
+            raise
+        except BaseException:
+            breaker.released()
+            raise
+        breaker.succeeded()
+        return completion
 
     async def _call(self, job: TextJob, model: str, sink: StreamSink | None) -> TextCompletion:
         """One call phrased as `model`'s capabilities say; a refusal learns from the answer."""
