@@ -1,14 +1,12 @@
 """`llm-consumer cache {invalidate,warm,stats}` and `llm-consumer usage`.
 
-They talk to Redis directly (the cache generations and usage hashes every replica shares), so
-they need neither the broker nor a running service. `cache warm` generates through the same
-pipeline as the service (cache, single-flight, rate limits, usage) with the configured text
-provider, as `run` builds it.
+They work on Redis (the cache generations and usage hashes every replica shares) through the
+store's modules, so they need neither the broker nor a running service. `cache warm` is
+warming.py's, with a progress bar.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,11 +14,11 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from llm_consumer.auth import Principal
+from llm_consumer import warming
 from llm_consumer.cli.common import (
     Exit,
     console,
@@ -32,25 +30,20 @@ from llm_consumer.cli.common import (
     show_rows,
 )
 from llm_consumer.client import build_request
-from llm_consumer.errors import Deferred, ServiceError
+from llm_consumer.errors import ServiceError
 from llm_consumer.events.catalog import EVENTS
 from llm_consumer.events.envelope import Envelope
 from llm_consumer.events.requests import ContentKind, ContentRequested, ImageKind, ImageRequested
 from llm_consumer.logging import configure_logging
 from llm_consumer.settings import Settings
 from llm_consumer.store.client import RedisClient, open_redis, verify_redis
-from llm_consumer.store.jobs import Claim
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.usage import last_days, read_usage, today
+from llm_consumer.warming import Item
 
 cache_app = typer.Typer(no_args_is_help=True, help="Invalidate, warm and inspect the cache.")
 T = TypeVar("T")
 KINDS = frozenset(k.value for k in ContentKind) | frozenset(k.value for k in ImageKind)
-WARMER = Principal("cache-warm", frozenset({"llm:content", "llm:image", "llm:admin"}))
-
-Item = tuple[Envelope, ContentRequested | ImageRequested]
-
-
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines: one object per row")]
 
 
@@ -162,58 +155,23 @@ def warm(
 
 async def _warm(settings: Settings, redis: RedisClient, items: list[Item],
                 concurrency: int) -> Counter[str]:
-    from llm_consumer.app import build_guard, build_text_provider, context_windows, text_fallbacks
-    from llm_consumer.handlers.base import Deps, Request
-    from llm_consumer.handlers.limits import MeteredText
-    from llm_consumer.handlers.pipeline import guarded
-    from llm_consumer.handlers.routes import route
-
-    guard = build_guard(settings, redis)
-    text = build_text_provider(settings, observe=guard.observe)
-    deps = Deps(text=MeteredText(text, guard, text_fallbacks(settings)),
-                windows=context_windows(settings, text),
-                guard=guard)
-    outcomes: Counter[str] = Counter()
-    gate = asyncio.Semaphore(concurrency)
-
-    async def quiet(event_type: str, data: BaseModel) -> None:
-        """Notices (rate-limit warnings) have nobody to go to here."""
-
-    async def one(envelope: Envelope, data: ContentRequested | ImageRequested) -> str:
-        handler = guarded(route(envelope.type, data))
-        while True:
-            request = Request(envelope=envelope, data=data, principal=WARMER, attempt=0,
-                              emit=quiet)
-            try:
-                replies = await handler(request, deps)
-            except Deferred as deferred:  # over a rate limit: wait here, as long as it takes
-                await asyncio.sleep(deferred.retry_after_s)
-                continue
-            except ServiceError as error:
-                err.print(Text(f"{data.kind.value} {envelope.id}: {error.code}: {error.message}"),
-                          soft_wrap=True)
-                return "failed"
-            if isinstance(replies, Claim):  # never: warming makes no job-ledger claims
-                return "cached"
-            return "cached" if replies and getattr(replies[0].data, "cached", False) else (
-                "generated")
-
+    """warming.warm with a progress bar; each failure one line."""
     columns = (TextColumn("warming the cache"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[done]}"), TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("warm", total=len(items), done="")
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("warm", total=len(items), done="")
 
-            async def tracked(envelope: Envelope, data: ContentRequested | ImageRequested) -> None:
-                async with gate:
-                    outcomes[await one(envelope, data)] += 1
-                progress.update(bar, advance=1, done=", ".join(
-                    f"{n} {k}" for k, n in sorted(outcomes.items())))
+        def done(outcomes: Counter[str]) -> None:
+            progress.update(bar, advance=1, done=", ".join(
+                f"{n} {k}" for k, n in sorted(outcomes.items())))
 
-            await asyncio.gather(*(tracked(e, d) for e, d in items))
-    finally:
-        await text.aclose()
-    return outcomes
+        def failed(item: Item, error: ServiceError) -> None:
+            envelope, data = item
+            err.print(Text(f"{data.kind.value} {envelope.id}: {error.code}: {error.message}"),
+                      soft_wrap=True)
+
+        return await warming.warm(settings, redis, items, concurrency, on_done=done,
+                                  on_failure=failed)
 
 
 def usage(
