@@ -6,12 +6,16 @@ own: node name, AMQP and distribution ports on 127.0.0.1, data and log directori
 env files, an empty plugin list (so no management listener wants port 15672) and an Erlang
 cookie in its own HOME. Messages and durable queues live in its data directory, so a restart
 on the same directory keeps what was confirmed before a `kill -9`.
+
+`RabbitCluster` starts three such nodes with one Erlang cookie and joins the second and third
+to the first (`rabbitmqctl join_cluster`): quorum queues then keep a replica on every node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,12 +24,17 @@ import subprocess
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-from tests.store.conftest import free_port
 
 SBIN = Path("/usr/lib/rabbitmq/bin")
 BOOT_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def available() -> bool:
@@ -33,14 +42,18 @@ def available() -> bool:
 
 
 class RabbitNode:
-    def __init__(self) -> None:
-        self.name = f"faults-{uuid.uuid4().hex[:8]}@localhost"
+    def __init__(self, *, cookie: str | None = None, prefix: str = "faults") -> None:
+        self.name = f"{prefix}-{uuid.uuid4().hex[:8]}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="llm-rabbit-"))
         self.pid: int | None = None
         self.starts = 0
         (self.dir / "enabled_plugins").write_text("[].\n")
+        if cookie is not None:  # nodes of one cluster share it (and so do their rabbitmqctl)
+            cookie_file = self.dir / ".erlang.cookie"
+            cookie_file.write_text(cookie)
+            cookie_file.chmod(0o400)
         (self.dir / "rabbitmq-env.conf").write_text("")
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
@@ -139,6 +152,42 @@ class RabbitNode:
     async def close_all_connections(self, reason: str = "test: fault injection") -> None:
         done = await asyncio.to_thread(self.ctl, "close_all_connections", reason)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+class RabbitCluster:
+    """Three nodes joined into one cluster; `url` names them all (MESSAGE_HUB_URL syntax)."""
+
+    def __init__(self, size: int = 3) -> None:
+        cookie = uuid.uuid4().hex.upper()
+        self.nodes = [RabbitNode(cookie=cookie, prefix="cluster") for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        return "amqp://guest:guest@" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/"
+
+    def start(self) -> None:
+        """Boot the nodes side by side, then join the others to the first."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda node: node.start(), self.nodes))
+        first = self.nodes[0].name
+        for node in self.nodes[1:]:
+            for step in (("stop_app",), ("join_cluster", first), ("start_app",)):
+                done = node.ctl(*step, timeout_s=120)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{node.name} {' '.join(step)}: "
+                                       f"{done.stdout}{done.stderr}\n{node.log_tail()}")
+        if len(self.running()) != len(self.nodes):
+            raise RuntimeError(f"cluster runs {self.running()}")
+
+    def running(self, via: int = 0) -> list[str]:
+        """The running nodes, as the node at `via` sees them."""
+        status = self.nodes[via].ctl("cluster_status", "--formatter", "json")
+        return list(json.loads(status.stdout or "{}").get("running_nodes", []))
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                node.stop()
 
 
 def _alive(pid: int) -> bool:
