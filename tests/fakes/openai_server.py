@@ -222,6 +222,10 @@ def openai_refusal(body: Mapping[str, Any]) -> ErrorReply | None:
     temperature = body.get("temperature")
     if reasoning and temperature is not None and temperature != 1:
         return unsupported_value("temperature", temperature)
+    if reasoning and body.get("top_p") not in (None, 1):
+        return unsupported_value("top_p", body["top_p"])
+    if reasoning and body.get("stop") is not None:
+        return unsupported_parameter("stop")
     if body.get("stream_options") is not None and not body.get("stream"):
         return ErrorReply(400, "The 'stream_options' parameter is only allowed when 'stream' "
                           "is enabled.", "invalid_request_error", param="stream_options")

@@ -43,3 +43,32 @@ async def test_a_refused_temperature_is_dropped_not_a_failed_request(openai_serv
     assert [(n["model"], n["params"], n["log_level"]) for n in notices] == [
         ("gpt-5-nano", ["temperature"], "warning")]
     assert "Only the default (1) value is supported" in notices[0]["reason"]
+
+
+CHAT = [{"role": "system", "content": "You are a terse dwarven smith."},
+        {"role": "user", "content": "How much for the axe?"}]
+
+
+async def test_chat_parameters_reach_the_provider(openai_service: Any, fake_openai: Any) -> None:
+    service: Service = await openai_service(openai_model="gpt-4.1-mini")
+    result = await service.request("chat.completion", {"messages": CHAT, "model": {
+        "temperature": 0.2, "top_p": 0.5, "max_tokens": 77, "stop": ["END", "\n\n"]}})
+    assert result.final["type"] == catalog.CONTENT_GENERATED, result.final
+    [call] = fake_openai.chat_requests
+    assert {k: call.body.get(k) for k in ("temperature", "top_p", "max_completion_tokens",
+                                          "stop")} == {
+        "temperature": 0.2, "top_p": 0.5, "max_completion_tokens": 77, "stop": ["END", "\n\n"]}
+
+
+async def test_sampling_parameters_a_model_refuses_are_dropped_in_turn(
+        openai_service: Any, fake_openai: Any) -> None:
+    service: Service = await openai_service()  # gpt-5-nano: temperature, top_p, stop refused
+    with capture_logs() as logs:
+        result = await service.request("chat.completion", {"messages": CHAT, "model": {
+            "temperature": 0.2, "top_p": 0.5, "stop": "END"}})
+    assert result.final["type"] == catalog.CONTENT_GENERATED, result.final
+    sent = [sorted(k for k in ("temperature", "top_p", "stop") if k in call.body)
+            for call in fake_openai.chat_requests]
+    assert sent == [["stop", "temperature", "top_p"], ["stop", "top_p"], ["stop"], []]
+    dropped = [n["params"] for n in logs if n["event"] == "provider.parameter_dropped"]
+    assert dropped == [["temperature"], ["top_p"], ["stop"]]

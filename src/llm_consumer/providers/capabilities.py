@@ -34,7 +34,7 @@ STRUCTURED_LADDER: tuple[StructuredMode, ...] = (
     "json_schema", "json_object_schema", "json_object", "text")
 PROBE_WAIT_S = 10.0
 # Sampling parameters a model may refuse to take; dropped (with a notice) rather than failing.
-DROPPABLE_PARAMS = frozenset({"temperature", "top_p"})
+DROPPABLE_PARAMS = frozenset({"temperature", "top_p", "stop"})
 
 # OpenAI's own model families: they take `max_completion_tokens` and strict JSON schemas.
 OPENAI_FAMILIES = ("gpt-5", "gpt-4o", "gpt-4.1", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss",

@@ -200,7 +200,7 @@ class OpenAITextProvider:
             body["temperature"] = job.temperature
         if job.top_p is not None and "top_p" not in caps.dropped:
             body["top_p"] = job.top_p
-        if job.stop:
+        if job.stop and "stop" not in caps.dropped:
             body["stop"] = list(job.stop)
         if stream:
             body["stream"] = True
