@@ -126,7 +126,8 @@ async def test_every_kind_on_a_real_openai_compatible_server(
         openai_api_key="sk-local", openai_base_url=llama_server.base_url, openai_model=MODEL,
         model_context_windows={MODEL: N_CTX}, openai_request_timeout=300,
         request_deadline_s=900, concurrency=2, log_level="INFO")
-    kinds = list(ContentKind)
+    # The twelve structured kinds; chat.completion has its own request shape and tests.
+    kinds = [kind for kind in ContentKind if kind is not ContentKind.CHAT_COMPLETION]
 
     async def one(kind: ContentKind) -> tuple[Any, float]:
         data: dict[str, Any] = {**data_for(kind), "stream": stream, "cache": False,
@@ -180,3 +181,62 @@ async def test_every_kind_on_a_real_openai_compatible_server(
     assert len(detections) == 1, "one refused call taught the service the server's mode"
     assert learnt and learnt[0]["structured"] == "json_object_schema"
     assert learnt[0]["token_param"] == "max_tokens"
+
+
+CHAT_HISTORY = [
+    {"role": "system", "content": "You are Brother Aldric, a weary village priest."},
+    {"role": "user", "content": "We found a silver holy symbol in the crypt."},
+    {"role": "assistant", "content": "Show it to me. Ah, the sigil of the burned order."},
+    {"role": "user", "content": "Who burned the order, and when?"}]
+CHAT_SCHEMA = {"type": "object", "properties": {
+    "answer": {"type": "string", "maxLength": 300},
+    "mood": {"type": "string", "enum": ["calm", "wary", "grim"]}},
+    "required": ["answer", "mood"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_chat_on_a_real_openai_compatible_server(
+    start_service: Any, llama_server: LlamaServer, stream: bool
+) -> None:
+    """chat.completion with a history, free text and with a response_schema, with every
+    sampling parameter, on llama-cpp-python's server."""
+    service: Service = await start_service(
+        openai_api_key="sk-local", openai_base_url=llama_server.base_url, openai_model=MODEL,
+        model_context_windows={MODEL: N_CTX}, openai_request_timeout=300,
+        request_deadline_s=900, concurrency=2, log_level="INFO")
+    sampling = {"max_tokens": 160, "temperature": 0.3, "top_p": 0.9, "stop": ["\nUser:"]}
+    forms = {"free text": {}, "schema": {"response_schema": CHAT_SCHEMA}}
+
+    async def one(extra: dict[str, Any]) -> tuple[Any, float]:
+        began = time.perf_counter()
+        result = await service.request("chat.completion", {
+            "messages": CHAT_HISTORY, "stream": stream, "cache": False, "model": sampling,
+            **extra}, timeout_s=1200)
+        return result, time.perf_counter() - began
+
+    with capture_logs() as logs:
+        outcomes = [await one(extra) for extra in forms.values()]  # one at a time: own times
+    mode = "stream" if stream else "plain"
+    rows = []
+    for (form, extra), (result, seconds) in zip(forms.items(), outcomes, strict=True):
+        final = result.final
+        assert final is not None and final["type"] == catalog.CONTENT_GENERATED, (form, final)
+        data = final["data"]
+        ContentGenerated.model_validate(data)
+        assert data["kind"] == "chat.completion" and data["model_used"] == MODEL
+        assert data["content"]["role"] == "assistant" and data["text"].strip()
+        if "response_schema" in extra:
+            assert set(data["content"]["parsed"]) == {"answer", "mood"}
+            assert data["content"]["parsed"]["mood"] in ("calm", "wary", "grim")
+        if stream:
+            deltas = [e["data"] for e in result.events if e["type"] == catalog.CONTENT_PROGRESS]
+            assert deltas and [d["seq"] for d in deltas] == list(range(len(deltas)))
+        rows.append({"kind": f"chat.completion ({form})", "mode": mode,
+                     "result": final["type"], "seconds": round(seconds, 1),
+                     "tokens": data["token_usage"]["total_tokens"],
+                     "estimated": data["token_usage"]["estimated"]})
+    accepted = [e for e in logs if e["event"] == "answer.accepted"]
+    for row, event in zip(rows, accepted, strict=True):
+        row["first_try"] = event["first_try"]
+    _report(rows)
