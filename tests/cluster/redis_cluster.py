@@ -9,6 +9,7 @@ whatever state the test left them in.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import signal
@@ -82,12 +83,14 @@ class RedisCluster:
         return "redis://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def start(self, size: int = 6) -> None:
+        (self.root / "owner").write_text(str(os.getpid()))  # see rabbit_node.reap_leftovers
         for port in cluster_ports(size):
             node_dir = self.root / str(port)
             node_dir.mkdir()
             self.nodes.append(RedisNode(port, node_dir))
         for node in self.nodes:
             node.start()
+        self._record_pids()
         for node in self.nodes:
             _wait_for(lambda n=node: n.cli("PING").strip() == "PONG", "node up")
         created = subprocess.run(
@@ -127,8 +130,15 @@ class RedisCluster:
     def restart(self, node: RedisNode) -> None:
         """Start a killed node again on its directory: it rejoins (as a replica now)."""
         node.start()
+        self._record_pids()
         _wait_for(lambda: node.cli("PING").strip() == "PONG", "node up")
         self.wait_healthy()
+
+    def _record_pids(self) -> None:
+        """`<pid> <port>` per running node, for a later session's reaper (redis-server
+        rewrites its command line, so its directory cannot be found there)."""
+        (self.root / "pids").write_text("".join(
+            f"{n.process.pid} {n.port}\n" for n in self.nodes if n.process is not None))
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -13,6 +13,7 @@ from typing import Any
 from aiormq.exceptions import DeliveryError
 
 from llm_consumer.settings import Settings
+from tests.cluster.redis_cluster import RedisCluster
 from tests.fakes.openai_server import reply
 from tests.faults.ledger import (
     FAULT_ENV,
@@ -54,15 +55,18 @@ async def publish_until_confirmed(settings: Settings, request_ids: list[str],
 
 
 async def test_a_node_killed_and_restarted_under_load_loses_nothing(
-        rabbit_cluster: RabbitCluster, settings_factory: Callable[..., Settings],
-        fake_openai: Any) -> None:
-    settings = settings_factory(message_hub_url=rabbit_cluster.url, queue_type="quorum")
+        rabbit_cluster: RabbitCluster, redis_cluster: RedisCluster,
+        settings_factory: Callable[..., Settings], fake_openai: Any) -> None:
+    """On both clusters: the job ledger, cache and limits live in the Redis Cluster."""
+    settings = settings_factory(message_hub_url=rabbit_cluster.url, queue_type="quorum",
+                                redis_mode="cluster", redis_url=redis_cluster.url)
     survivor = node_url(rabbit_cluster, 2)  # the test publishes and collects here
     victim = rabbit_cluster.nodes[0]  # the service connects to the first node listed
     ids, later = new_ids(FIRST), new_ids(SECOND)
     fake_openai.responder = lambda body: reply(None, delay_s=PROVIDER_DELAY_S)
     service = await start_process(settings, fake_openai, **FAULT_ENV, CONCURRENCY="6",
-                                  QUEUE_TYPE="quorum", INSTANCE_ID=f"cluster-{ids[0][:6]}")
+                                  QUEUE_TYPE="quorum", REDIS_MODE="cluster",
+                                  INSTANCE_ID=f"cluster-{ids[0][:6]}")
     try:
         async with collect(settings, url=survivor) as results:
             await publish_requests(settings, ids, url=survivor)

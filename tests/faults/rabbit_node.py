@@ -50,6 +50,7 @@ class RabbitNode:
         self.pid: int | None = None
         self.starts = 0
         (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "owner").write_text(str(os.getpid()))  # see reap_leftovers
         if cookie is not None:  # nodes of one cluster share it (and so do their rabbitmqctl)
             cookie_file = self.dir / ".erlang.cookie"
             cookie_file.write_text(cookie)
@@ -154,6 +155,43 @@ class RabbitNode:
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+def reap_leftovers(pattern: str = "llm-rabbit-*") -> None:
+    """Kill what runs from the directories of a test session that was killed before it could
+    stop its nodes (its `owner` process is gone), and delete them. Directories of a session
+    still running (this one, or another's) are left alone."""
+    for home in Path(tempfile.gettempdir()).glob(pattern):
+        owner = home / "owner"
+        text = owner.read_text().strip() if owner.exists() else ""
+        if not text.isdigit() or _alive(int(text)):
+            continue
+        pid_file = home / "node.pid"
+        text = pid_file.read_text().strip() if pid_file.exists() else ""
+        if text.isdigit() and _alive(int(text)) and str(home) in _cmdline(int(text)):
+            os.kill(int(text), signal.SIGKILL)
+        for pid in _pids_with(str(home)):
+            os.kill(pid, signal.SIGKILL)
+        pids = home / "pids"  # `<pid> <port>` lines of processes that rename themselves
+        for line in (pids.read_text().splitlines() if pids.exists() else []):
+            pid, port = (int(part) for part in line.split())
+            if _alive(pid) and f":{port}" in _cmdline(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _pids_with(text: str) -> list[int]:
+    """Processes whose command line names `text` (a node's home directory)."""
+    return [int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and text in _cmdline(int(entry.name))]
+
+
 class RabbitCluster:
     """Three nodes joined into one cluster; `url` names them all (MESSAGE_HUB_URL syntax)."""
 
@@ -185,9 +223,14 @@ class RabbitCluster:
         return list(json.loads(status.stdout or "{}").get("running_nodes", []))
 
     def stop(self) -> None:
+        """Stop every node; whatever still runs from their directories is killed."""
         for node in reversed(self.nodes):
             with contextlib.suppress(Exception):
                 node.stop()
+        for node in self.nodes:
+            for pid in _pids_with(str(node.dir)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
