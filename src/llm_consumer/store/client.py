@@ -89,10 +89,23 @@ def open_redis(url: str, mode: RedisMode, *, sentinel_master: str = "mymaster",
                             socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     sentinel = Sentinel(list(nodes.hosts), socket_timeout=timeout_s,  # type: ignore[no-untyped-call]
                         socket_connect_timeout=timeout_s)
-    return cast(aioredis.Redis, sentinel.master_for(sentinel_master, username=nodes.username,
-                               password=nodes.password, db=nodes.db, ssl=nodes.tls,
-                               socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                               retry=reconnecting()))
+    client = cast(SentinelMaster, sentinel.master_for(
+        sentinel_master, redis_class=SentinelMaster, username=nodes.username,
+        password=nodes.password, db=nodes.db, ssl=nodes.tls, socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s, retry=reconnecting()))
+    client.watchers = sentinel
+    return client
+
+
+class SentinelMaster(aioredis.Redis):
+    """The master behind Sentinel; closing it closes the connections to the sentinels too."""
+
+    watchers: Sentinel | None = None  # the sentinels it was found through
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for peer in self.watchers.sentinels if self.watchers is not None else []:
+            await peer.aclose()
 
 
 async def verify_redis(client: RedisClient, mode: RedisMode, url: str) -> None:
