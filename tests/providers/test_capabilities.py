@@ -378,3 +378,16 @@ def test_every_kind_has_a_strict_schema_openai_accepts(kind: Any) -> None:
     assert openai_refusal(body) is None
     assert "maxLength" not in json.dumps(strict)
     model.model_validate(sample_for_schema(strict))  # an answer to it is still a valid answer
+
+
+async def test_a_bad_value_of_a_known_parameter_is_not_a_capability(
+    server: FakeOpenAI, make_provider: ProviderFactory
+) -> None:
+    # Too many tokens asked is the caller's error, not a reason to try the other parameter.
+    server.responder = lambda body: ErrorReply(
+        400, "max_tokens is too large: 90000. This model supports at most 16384 completion "
+        "tokens.", "invalid_request_error", code="invalid_value", param="max_tokens")
+    with pytest.raises(PermanentFailure) as caught:
+        await make_provider("llama3.2").complete(job(max_tokens=90000))
+    assert caught.value.code == "invalid_request"
+    assert len(server.chat_requests) == 1

@@ -71,6 +71,15 @@ class Refusal:
         text = f"{self.param or ''} {self.code or ''} {self.message}".lower()
         return any(word in text for word in words)
 
+    @property
+    def unsupported(self) -> bool:
+        """The server does not take the parameter at all (rather than this value of it)."""
+        return self.mentions(*_UNSUPPORTED_WORDS)
+
+
+_UNSUPPORTED_WORDS = ("unsupported", "not supported", "unrecognized", "unknown", "extra",
+                      "not permitted", "not allowed", "instead", "only the default")
+
 
 def initial(model: str, *, structured: StructuredSetting = "auto",
             token_param: TokenSetting = "auto") -> Capabilities:
@@ -110,7 +119,7 @@ def _next_structured(sent: Capabilities, refusal: Refusal) -> Capabilities | Non
 
 
 def _next_token_param(sent: Capabilities, refusal: Refusal) -> Capabilities | None:
-    if refusal.param == sent.token_param or refusal.mentions(f"'{sent.token_param}'"):
+    if refusal.param == sent.token_param or refusal.mentions(sent.token_param):
         other: TokenParam = ("max_tokens" if sent.token_param == "max_completion_tokens"
                              else "max_completion_tokens")
         return replace(sent, token_param=other)
@@ -199,15 +208,16 @@ class CapabilityBook:
 
     def _adapted(self, sent: Capabilities, refusal: Refusal,
                  fields: frozenset[str]) -> Capabilities | None:
-        for param in (DROPPABLE_PARAMS & fields) - sent.dropped:
-            if refusal.param == param or refusal.mentions(f"'{param}'"):
-                return replace(sent, dropped=sent.dropped | {param})
-        if self.token_setting == "auto" and sent.token_param in fields:
-            found = _next_token_param(sent, refusal)
-            if found is not None:
-                return found
-        if "stream_options" in fields and refusal.mentions("stream_options"):
-            return replace(sent, stream_options=False)
+        if refusal.unsupported:  # a parameter it does not take: drop it or use the other
+            for param in (DROPPABLE_PARAMS & fields) - sent.dropped:
+                if refusal.param == param or refusal.mentions(f"'{param}'"):
+                    return replace(sent, dropped=sent.dropped | {param})
+            if self.token_setting == "auto" and sent.token_param in fields:
+                found = _next_token_param(sent, refusal)
+                if found is not None:
+                    return found
+            if "stream_options" in fields and refusal.mentions("stream_options"):
+                return replace(sent, stream_options=False)
         if "response_format" not in fields:  # text mode: nothing left to step down to
             return None
         if sent.structured == "json_schema" and sent.strict and refusal.mentions(
