@@ -51,6 +51,10 @@ async def test_dead_letters_are_listed_replayed_and_succeed(openai_service: Any,
     service: Service = await openai_service(max_attempts=1)
     ids = await fail_into_dlq(service, fake_openai, 3)
     dead = build_topology(service.settings.queue_prefix, service.settings.hub_exchange).dead.name
+    for _ in range(100):  # generation.failed is published before the dead letter
+        if await queue_depth(service.settings, dead) == 3:
+            break
+        await asyncio.sleep(0.05)
     assert await queue_depth(service.settings, dead) == 3
 
     listing = await cli(service.settings, "dlq", "list")
@@ -88,6 +92,10 @@ async def test_purge_asks_first(openai_service: Any, fake_openai: Any) -> None:
     service: Service = await openai_service(max_attempts=1)
     await fail_into_dlq(service, fake_openai, 1)
     dead = build_topology(service.settings.queue_prefix, service.settings.hub_exchange).dead.name
+    for _ in range(100):  # generation.failed is published before the dead letter
+        if await queue_depth(service.settings, dead) == 1:
+            break
+        await asyncio.sleep(0.05)
     refused = await cli(service.settings, "dlq", "purge", stdin="n\n")
     assert refused.returncode == 1
     assert await queue_depth(service.settings, dead) == 1

@@ -172,3 +172,18 @@ async def test_health_reports_json_lines(start_service: Any) -> None:
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert lines[:2] == [{"check": "redis", "status": "ok"}, {"check": "broker", "status": "ok"}]
     assert [x["instance"] for x in lines[2:]] == [service.settings.instance_id]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("inject", "character.backstory", "--priority", "12"),
+     "error: Invalid value for '--priority': Input should be less than or equal to 9"),
+    (("dlq", "list", "--limit", "0"), "error: Invalid value for '--limit'"),
+    (("no-such-command",), "error: No such command 'no-such-command'."),
+    (("token", "--bogus"), "error: No such option: --bogus"),
+])
+async def test_a_usage_error_is_one_line_with_exit_2(settings_factory: Any,
+                                                     args: tuple[str, ...], expected: str) -> None:
+    code, stdout, stderr = await run_cli(env_for(settings_factory()), *args)
+    assert code == Exit.USAGE and stdout == ""
+    [line] = stderr.strip().splitlines()
+    assert line.startswith(expected) and line.endswith("--help`)"), line

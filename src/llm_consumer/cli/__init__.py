@@ -4,9 +4,12 @@ cli/common.py."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Annotated
 
 import typer
+from typer._click import exceptions as click_errors  # typer vendors click: these types
 
 from llm_consumer import __version__
 from llm_consumer.cli import cache as cache_commands
@@ -14,7 +17,7 @@ from llm_consumer.cli import dlq as dlq_commands
 from llm_consumer.cli import docs as docs_commands
 from llm_consumer.cli import requests as request_commands
 from llm_consumer.cli import service as service_commands
-from llm_consumer.cli.common import console, no_color
+from llm_consumer.cli.common import Exit, console, err, fail, no_color
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
@@ -45,8 +48,29 @@ app.command()(cache_commands.usage)
 
 
 def main() -> None:
-    if no_color():  # typer's help and usage errors have a console of their own
+    """Run the command; a usage error (an unknown option, a value out of range) is one line
+    with exit code 2, like every other failure."""
+    if no_color():  # typer's help has a console of its own
         from typer import rich_utils
 
         rich_utils.COLOR_SYSTEM = None
-    app()
+    try:
+        code = typer.main.get_command(app).main(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as error:
+        typer.echo(error.ctx.get_help() if error.ctx else "", nl=False)
+        code = error.exit_code
+    except click_errors.UsageError as error:
+        where = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
+        code = _one_line(f"{error.format_message()}{where}")
+    except click_errors.ClickException as error:
+        code = _one_line(error.format_message())
+    except typer.Abort:
+        err.print("aborted")
+        code = Exit.FAILED
+    sys.exit(int(code) if isinstance(code, int) else 0)
+
+
+def _one_line(message: str) -> Exit:
+    with contextlib.suppress(typer.Exit):
+        fail(message, Exit.USAGE)
+    return Exit.USAGE
