@@ -8,6 +8,7 @@ match. The result is `content.generated` with `content` the assistant message.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from functools import cache
 from typing import Any
@@ -24,6 +25,7 @@ from llm_consumer.events.results import ContentGenerated, TokenUsage
 from llm_consumer.handlers.answer_json import tidy
 from llm_consumer.handlers.base import Deps, Reply, Request
 from llm_consumer.handlers.progress import ProgressSink
+from llm_consumer.handlers.text_generation import OFF_LOOP_BYTES
 from llm_consumer.prompts.builder import kind_templates
 from llm_consumer.prompts.chat import chat_system_message, fit_turns
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, Turn
@@ -101,7 +103,11 @@ async def handle_chat(request: Request, deps: Deps) -> list[Reply]:
     assert isinstance(data, ContentRequested)
     if deps.text is None:
         raise PermanentFailure("no text provider is configured", code="no_provider")
-    job = chat_job(data, deps)
+    # Counting a long history with the embedded model's tokenizer takes up to seconds: off the
+    # event loop, as for a large context (text_generation.OFF_LOOP_BYTES).
+    size = sum(len(turn.content) for turn in data.messages or ())
+    job = (chat_job(data, deps) if size < OFF_LOOP_BYTES
+           else await asyncio.to_thread(chat_job, data, deps))
     validator = (_validator(orjson.dumps(job.schema, option=orjson.OPT_SORT_KEYS).decode())
                  if job.schema is not None else None)
     sink: StreamSink | None = ProgressSink(request) if data.stream else None

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import structlog
 
-from llm_consumer.errors import TransientFailure
+from llm_consumer.errors import Deferred, TransientFailure
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
 from llm_consumer.providers.breaker import BreakerBoard
 
@@ -40,9 +40,9 @@ class OpenCircuitFallback:
             return await self._without_remote(job, models, sink)
         try:
             return await self._inner.complete(job, sink)
-        except TransientFailure:
-            if not self.board.all_blocked(models):
-                raise
+        except TransientFailure as error:
+            if isinstance(error, Deferred) or not self.board.all_blocked(models):
+                raise  # a rate-limit wait is not an outage
             if sink is not None and self._simpler is not None:
                 await sink.restart("every remote model is unavailable; answering with the "
                                    "embedded model")
