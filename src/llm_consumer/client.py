@@ -20,6 +20,7 @@ import orjson
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import (
     AMQPConnectionError,
+    ChannelLockedResource,
     ChannelNotFoundEntity,
     ProbableAuthenticationError,
     ProtocolSyntaxError,
@@ -267,11 +268,12 @@ async def _exchange_exists(connection: AbstractConnection, name: str) -> bool:
 
 
 async def consumer_count(connection: AbstractConnection, queue: str) -> int | None:
-    """Consumers attached to `queue`; None when it does not exist."""
+    """Consumers attached to `queue`; None when it does not exist (or is another
+    connection's exclusive queue)."""
     channel = await connection.channel(publisher_confirms=False)
     try:
         declared = await channel.declare_queue(queue, passive=True)
-    except ChannelNotFoundEntity:
+    except (ChannelNotFoundEntity, ChannelLockedResource):
         return None
     with suppress(Exception):
         await channel.close()

@@ -130,3 +130,43 @@ async def test_inject_warns_when_no_consumer_is_attached(start_service: Any) -> 
         "request waits there until a service runs (llm-consumer run)",
         stderr.splitlines()[-1]]
     assert stderr.splitlines()[-1].startswith("error: no result for ")
+
+
+async def test_a_dead_letter_alone_ends_the_wait(settings_factory: Any) -> None:
+    """A refusal that reaches the hub only as a dead letter (no event at all) still ends
+    inject's wait at once, with the dead letter's code and reason."""
+    import aio_pika
+
+    from llm_consumer.bus.topology import build_topology
+    from llm_consumer.client import DeadLetterSeen, Watch, build_request, send_and_wait
+
+    settings = settings_factory()
+    topology = build_topology(settings.queue_prefix, settings.hub_exchange)
+    request = build_request("character.backstory", {"context": {}})
+    notices: list[str] = []
+    async with await aio_pika.connect(HUB_URL) as connection:
+        channel = await connection.channel()
+        hub = await channel.declare_exchange(settings.hub_exchange,
+                                             aio_pika.ExchangeType.TOPIC, durable=True)
+        dlx = await channel.declare_exchange(topology.dead_letter_exchange,
+                                             aio_pika.ExchangeType.TOPIC, durable=True)
+        work = await channel.declare_queue(topology.work.name, auto_delete=True)
+        await work.bind(hub, routing_key="content.requested")
+
+        async def refuse(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            async with message.process():  # a service that dead-letters, and says nothing
+                await dlx.publish(aio_pika.Message(
+                    message.body, message_id=message.message_id,
+                    headers={"x-error-code": "invalid_request",
+                             "x-error-message": "unknown kind"}),
+                    routing_key=message.routing_key or "")
+
+        await work.consume(refuse)
+        started = time.monotonic()
+        outcome = await send_and_wait(
+            HUB_URL, settings.hub_exchange, request, token="t", timeout_s=30,
+            watch=Watch(dead_letter_exchange=dlx.name, work_queue=work.name),
+            on_notice=notices.append)
+    assert time.monotonic() - started < 5
+    assert outcome.dead_letter == DeadLetterSeen("invalid_request", "unknown kind")
+    assert outcome.final is None and notices == [], "a consumer was attached"

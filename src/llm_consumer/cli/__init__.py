@@ -28,15 +28,15 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(help=(
+    "LLM service of the D&D character-creator platform (RabbitMQ consumer).\n\n"
+    "Exit codes: 0 done, 1 negative answer, 2 invalid input or configuration, 3 no service, "
+    "4 time-out, 5 broker unreachable or refused, 6 Redis unreachable, 130 a second Ctrl-C "
+    "during the drain."))
 def _root(version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True,
         help="Print the version and exit.")] = False) -> None:
-    """LLM service of the D&D character-creator platform (RabbitMQ consumer).
-
-    Exit codes: 0 done, 1 negative answer, 2 invalid input or configuration, 3 no service,
-    4 time-out, 5 broker unreachable or refused, 6 Redis unreachable.
-    """
+    """The options every command shares (exit codes: cli/common.py)."""
 
 
 service_commands.register(app)
