@@ -50,7 +50,7 @@ class BrokerUnavailable(Exception):
 
 
 def where(url: str) -> str:
-    """host:port/vhost of an AMQP URL, for messages: never its password."""
+    """host:port of an AMQP URL, for messages (never its user or password)."""
     parsed = URL(url)
     port = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
     return f"{parsed.host}:{port}"
