@@ -390,7 +390,15 @@ Regenerate with `llm-consumer schemas`; `llm-consumer schemas --check` and
   is bound to are not kept.
 - The service enforces rules these schemas cannot state (a breach gets `generation.failed`
   `invalid_request`): `source_image` holds exactly one of `url`, `data`, `ref`; `portrait`,
-  `location` and `item` need `prompt` or `context`; the other image kinds need `source_image`.
+  `location` and `item` need `prompt` or `context`; the other image kinds need `source_image`;
+  the `messages` of `chat.completion` end with a `user` turn; `messages`, `response_schema` and
+  `model.stop` belong to `chat.completion` only, and it takes no `context` or `theme`;
+  `response_schema` is a valid JSON Schema of an object, at most 16,000 bytes as JSON.
+- `chat.completion` answers in `content.generated` with `content` the assistant message
+  (`role`, `content`, and `parsed` for a `response_schema` answer) and `text` its text. The
+  caller's turns follow the service's own system message (the platform's rules); a caller's
+  `system` turn is the assistant's persona. A history over the model's window loses its oldest
+  user/assistant turns first; system turns and the last user turn are always kept.
 """
 
 
