@@ -6,6 +6,7 @@ no request the broker confirmed is lost. The ledger is printed (`pytest -s`)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,13 @@ PROVIDER_DELAY_S = 0.3
 
 def node_url(cluster: RabbitCluster, index: int) -> str:
     return f"amqp://guest:guest@127.0.0.1:{cluster.nodes[index].port}/"
+
+
+def queue_members(cluster: RabbitCluster, queue: str) -> list[str]:
+    """The nodes holding a replica of quorum queue `queue`."""
+    listed = cluster.nodes[2].ctl("list_queues", "name", "members", "--formatter", "json")
+    found = [q for q in json.loads(listed.stdout or "[]") if q["name"] == queue]
+    return list(found[0]["members"]) if found else []
 
 
 async def publish_until_confirmed(settings: Settings, request_ids: list[str],
@@ -68,6 +76,10 @@ async def test_a_node_killed_and_restarted_under_load_loses_nothing(
                                   QUEUE_TYPE="quorum", REDIS_MODE="cluster",
                                   INSTANCE_ID=f"cluster-{ids[0][:6]}")
     try:
+        members = await asyncio.to_thread(queue_members, rabbit_cluster,
+                                          f"{settings.queue_prefix}requests")
+        assert sorted(members) == sorted(n.name for n in rabbit_cluster.nodes), (
+            "a replica of the work queue on every node")
         async with collect(settings, url=survivor) as results:
             await publish_requests(settings, ids, url=survivor)
             await results.wait_until(lambda: len(results.generated) >= FIRST // 4, timeout_s=60)
