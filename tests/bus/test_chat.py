@@ -158,3 +158,24 @@ async def test_malformed_chat_requests_are_invalid(openai_service: Any,
     error = failure(await service.request("world.location", {"messages": HISTORY}))
     assert error["code"] == "invalid_request" and "needs a context" in error["message"]
     assert fake_openai.chat_requests == []
+
+
+async def test_a_fenced_schema_answer_is_tidied(openai_service: Any, fake_openai: Any) -> None:
+    fake_openai.script(reply('Here you go:\n```json\n{"mood": "grim", "coins": 7,}\n```'))
+    service: Service = await openai_service(openai_model=MODEL)
+    data = generated(await service.request("chat.completion", {"messages": HISTORY,
+                                                               "response_schema": MOOD}))
+    assert data["content"]["parsed"] == {"mood": "grim", "coins": 7}
+    assert json.loads(data["text"]) == {"mood": "grim", "coins": 7}
+    assert len(fake_openai.chat_requests) == 1, "tidied, not repaired"
+
+
+async def test_an_empty_answer_is_repaired_once_then_fails_clearly(openai_service: Any,
+                                                                   fake_openai: Any) -> None:
+    fake_openai.script(reply(""), reply("  "))
+    service: Service = await openai_service(openai_model=MODEL)
+    error = failure(await service.request("chat.completion", {"messages": HISTORY}))
+    assert error["code"] == "internal" and not error["retryable"]
+    assert error["message"] == ("the model's answer was unusable after one repair attempt: "
+                                "the answer was empty")
+    assert len(fake_openai.chat_requests) == 2

@@ -2,8 +2,9 @@
 
 The history is fitted to the model's window (prompts/chat.py), sent after the service's own
 system message, and answered as free text or, with `response_schema`, as a JSON object that is
-tidied (answer_json) and validated against that schema, with one repair call when it does not
-match. The result is `content.generated` with `content` the assistant message.
+tidied (answer_json) and validated against that schema. An empty or off-schema answer gets one
+repair call (the model is told what was wrong), then fails clearly. The result is
+`content.generated` with `content` the assistant message.
 """
 
 from __future__ import annotations
@@ -115,19 +116,24 @@ async def handle_chat(request: Request, deps: Deps) -> list[Reply]:
     usage = completion.usage
     problem, parsed = _problem(completion.text, validator)
     first_try = problem is None
-    if problem is not None and validator is not None:  # one repair, as for the other kinds
+    if problem is not None:  # one repair, as for the other kinds
         log.info("answer.repairing", problem=problem, model=completion.model_used)
         if sink is not None:
             await sink.restart(f"answer rejected: {problem}; asking once more")
+        again = ("with one complete JSON object that matches the schema" if validator
+                 else "to the last user message")
         note = Turn("system", f"Your previous answer was rejected: {problem}. Answer again "
-                              "with one complete JSON object that matches the schema.")
+                              f"{again}.")
         completion = await deps.text.complete(replace(job, messages=(*job.messages, note)),
                                               sink)
         usage = _add(usage, completion.usage)
         problem, parsed = _problem(completion.text, validator)
     if problem is not None:
-        raise PermanentFailure(f"the model's answer was unusable: {problem}", code="internal")
-    text = completion.text.strip() if validator is not None else completion.text
+        raise PermanentFailure(
+            f"the model's answer was unusable after one repair attempt: {problem}",
+            code="internal")
+    # A schema answer's text is the validated object as JSON (fences or prose around it gone).
+    text = orjson.dumps(parsed).decode() if validator is not None else completion.text
     content: dict[str, Any] = {"role": "assistant", "content": text}
     if parsed is not None:
         content["parsed"] = parsed
