@@ -33,7 +33,7 @@ from llm_consumer.events.requests import ContentKind
 from llm_consumer.events.results import ContentGenerated, ThemeAnalyzed, ValidationCompleted
 from llm_consumer.providers.local import default_model_path
 from tests.bus.test_round_trip import data_for
-from tests.conftest import Service
+from tests.conftest import Service, token
 
 MODEL = "smollm2-135m-instruct"
 N_CTX = 4096
@@ -107,6 +107,13 @@ def llama_server() -> Iterator[LlamaServer]:
         process.stderr.close()
 
 
+def long_token() -> str:
+    """A token that outlives the wait: on a busy machine a request may sit queued behind the
+    others for longer than the usual 5-minute test token lives (it would be refused as
+    expired, and with no reply the test would wait out its time-out)."""
+    return token(ttl_s=3600)
+
+
 def _report(rows: list[dict[str, Any]]) -> None:
     path = os.environ.get("LLAMA_SERVER_REPORT")
     if path:
@@ -132,7 +139,7 @@ async def test_every_kind_on_a_real_openai_compatible_server(
     async def one(kind: ContentKind) -> tuple[Any, float]:
         data: dict[str, Any] = {**data_for(kind), "stream": stream, "cache": False,
                                 "model": {"max_tokens": MAX_TOKENS}}
-        result = await service.request(kind.value, data, timeout_s=1200)
+        result = await service.request(kind.value, data, timeout_s=1200, auth=long_token())
         return result, time.perf_counter()
 
     started = time.perf_counter()
@@ -212,7 +219,7 @@ async def test_chat_on_a_real_openai_compatible_server(
         began = time.perf_counter()
         result = await service.request("chat.completion", {
             "messages": CHAT_HISTORY, "stream": stream, "cache": False, "model": sampling,
-            **extra}, timeout_s=1200)
+            **extra}, timeout_s=1200, auth=long_token())
         return result, time.perf_counter() - began
 
     with capture_logs() as logs:
