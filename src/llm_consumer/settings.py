@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         "them back")
     dead_letter_max_length: int = Field(
         100_000, ge=1, description="bound of the dead-letter queue; past it, dead letters park")
-    # Cluster (README "Running on a cluster")
+    # Cluster (docs/cluster.md)
     queue_type: Literal["classic", "quorum"] = Field(
         "classic", description="type of every durable queue the service declares")
     delivery_limit: int = Field(
@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     max_token_lifetime_s: int = Field(
         86_400, ge=60, description="tokens whose exp - iat is longer are refused")
 
-    # What a caller may name (see policy.py and the README's Security section)
+    # What a caller may name (see policy.py and docs/security.md)
     reply_to_pattern: str | None = Field(
         None, description="regex of further reply_to queue names callers own (full match); "
         "amq.gen-* and direct reply-to are always answered, the service's own queues never")

@@ -14,7 +14,7 @@ that many times without an ack (a poison message that crashes the consumer ends 
 dead-letter queue instead of looping), dead-lettering is `at-least-once` (which RabbitMQ allows
 only with `x-overflow: reject-publish`), and the delay queues keep their per-queue message TTL.
 Quorum queues on RabbitMQ 3.x have no priorities (`x-max-priority` is refused): the work queue
-is then FIFO, see README "Running on a cluster". Per-instance control queues stay exclusive
+is then FIFO, see docs/cluster.md. Per-instance control queues stay exclusive
 classic queues: they live and die with one connection.
 """
 

@@ -1,7 +1,7 @@
 """What every command shares: the consoles, settings loading, exit codes, one-line failures,
 JSON Lines output and tables that fit the terminal.
 
-Exit codes (README "CLI"):
+Exit codes (docs/running.md):
   0  done
   1  the answer is negative: a failed generation or dead letter, an unhealthy service, nothing
      found, an item that failed
