@@ -406,7 +406,10 @@ class Process:
 
 # Rate limits stay out of the way of load and fault tests (they are tested on their own);
 # short leases and single-flight waits let a survivor take over a dead worker's claims soon.
+# The model limits (gpt-5-nano 1000/minute by default) and the per-user share of them (one
+# test user sends every request) are off too.
 FAULT_ENV = {"RATE_LIMIT_GLOBAL": "off", "RATE_LIMIT_USER": "off", "RATE_LIMIT_TEXT": "off",
+             "RATE_LIMIT_MODELS": "{}", "RATE_LIMIT_USER_SHARE": "1",
              "LEASE_S": "5", "SINGLEFLIGHT_WAIT_S": "5", "SHUTDOWN_GRACE_S": "10"}
 
 
