@@ -80,8 +80,10 @@ async def test_429_5xx_storm_backs_off_dead_letters_and_replays(
         return errors.pop(0) if errors else None
 
     fake_openai.responder = responder
+    # The storm is per request, not a provider outage: the model's circuit breaker (which
+    # would open on 5 failures in a row and defer everyone for its cool-down) stays closed.
     service = await start_process(settings, fake_openai, **FAULT_ENV, CONCURRENCY="8",
-                                  MAX_ATTEMPTS=str(MAX_ATTEMPTS),
+                                  MAX_ATTEMPTS=str(MAX_ATTEMPTS), BREAKER_FAILURE_THRESHOLD="1000",
                                   INSTANCE_ID=f"faults-storm-{ids[0][:6]}")
     bindings = (catalog.CONTENT_GENERATED, catalog.GENERATION_FAILED, catalog.JOB_STATUS)
     try:
