@@ -34,6 +34,10 @@ EVENTS_UNROUTED = Counter(
     "llm_events_unrouted",
     "Results the hub routed to no queue (kept in the unrouted queue for replay), by type",
     ["event_type"], registry=REGISTRY)
+NOTICES_DROPPED = Counter(
+    "llm_notices_dropped",
+    "Notices (progress, job status, ...) not sent because the broker channel was down, by type",
+    ["event_type"], registry=REGISTRY)
 BREAKER_STATE = Gauge(
     "llm_breaker_state",
     "Circuit breaker of each text model: 0 closed (available), 1 half-open (probing), "

@@ -386,6 +386,20 @@ class Process:
                     found[str(orjson.loads(line).get("outcome"))] += 1
         return found
 
+    def errors(self) -> list[str]:
+        """The `error` lines this process logged (a crash's event and its exception's last
+        line), so a failing ledger says why without the whole log."""
+        found: list[str] = []
+        for line in self.lines:
+            if b"error" not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                entry = orjson.loads(line)
+                if entry.get("level") == "error":
+                    exception = str(entry.get("exception", "")).strip().splitlines()
+                    found.append(f"{entry.get('event')}: {exception[-1] if exception else ''}")
+        return found
+
     def tail(self, count: int = 30) -> str:
         return b"".join(self.lines[-count:]).decode(errors="replace")
 

@@ -62,7 +62,8 @@ class UnderLoad:
         consumers = await work_consumers(self.settings, url=self.url)
         ledger = Ledger(name, self.ids, self.results, provider_calls(self.fake_openai, self.ids),
                         fault_at, notes={**notes, "work_queue_consumers": consumers,
-                                         "service_outcomes": dict(self.service.outcomes())})
+                                         "service_outcomes": dict(self.service.outcomes()),
+                                         "service_errors": self.service.errors()})
         return ledger, consumers
 
 

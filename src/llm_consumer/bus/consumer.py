@@ -32,7 +32,7 @@ from llm_consumer.bus.outcome import (
     Retry,
     decide,
 )
-from llm_consumer.bus.publisher import Publisher, parked_dead_letter
+from llm_consumer.bus.publisher import BROKER_DOWN_ERRORS, Publisher, parked_dead_letter
 from llm_consumer.bus.retry_state import FIRST, RetrySigner, RetryState
 from llm_consumer.errors import (
     Forbidden,
@@ -180,10 +180,13 @@ class Consumer:
         except asyncio.CancelledError:
             await self._hand_back(message)
             raise
-        except Exception:
+        except Exception as error:
             # The outcome could not be confirmed (broker or channel trouble): leave the delivery
             # to the broker, which redelivers it; never ack what was not replaced.
-            log.exception("message.unsettled")
+            if isinstance(error, BROKER_DOWN_ERRORS):  # a lost link: one line, no traceback
+                log.warning("message.unsettled", error=f"{type(error).__name__}: {error}")
+            else:
+                log.exception("message.unsettled")
             await asyncio.sleep(UNSETTLED_BACKOFF_S)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
@@ -347,6 +350,11 @@ class Consumer:
             return PermanentFailure("cancelled by job.cancel", code="cancelled")
         except ServiceError as error:
             return error
+        except BROKER_DOWN_ERRORS:
+            # The link to the broker went down under the handler: the delivery is the broker's
+            # again (it redelivers it once we are back), so this is not the request's failure.
+            await self._ledger.release(key)
+            raise
         except Exception as error:
             log.exception("handler.crashed")
             return ServiceError(f"internal error: {type(error).__name__}", code="internal")

@@ -5,7 +5,9 @@ Results go to the hub with `mandatory`; one the hub cannot route to any queue co
 return and is kept in the unrouted queue instead, so a result never vanishes without a trace.
 Notices (progress, job status, rate-limit notices, heartbeats) go out on a channel without
 confirms when the app gives one: nothing waits on them, and a lost notice is superseded by the
-next one or by the result. Notices nobody subscribed to are simply not delivered.
+next one or by the result. Notices nobody subscribed to are simply not delivered, and one
+published while the broker connection is down (between a lost link and the reconnect) is
+dropped and counted: a request never fails because its progress could not be told.
 
 Dead letters go to a bounded queue that refuses (nacks) what it has no room for, and one that
 the dead-letter exchange cannot route is returned. Either way the dead letter is parked: a copy
@@ -29,7 +31,12 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     FieldValue,
 )
-from aiormq.exceptions import DeliveryError, PublishError
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    ChannelInvalidStateError,
+    DeliveryError,
+    PublishError,
+)
 from pamqp.commands import Basic
 
 from llm_consumer import metrics
@@ -42,6 +49,9 @@ from llm_consumer.logging import RateLimitedWarning
 log = structlog.get_logger(__name__)
 # A fresh hub (no peer bound to results yet) returns every result: counted, one line a minute.
 UNROUTED_WARNING = RateLimitedWarning("event.unrouted", every_s=60.0, logger=log)
+NOTICE_DROPPED_WARNING = RateLimitedWarning("notice.dropped", every_s=60.0, logger=log)
+# What publishing on a channel whose connection is gone (or not back yet) raises.
+BROKER_DOWN_ERRORS: tuple[type[Exception], ...] = (ChannelInvalidStateError, AMQPConnectionError)
 
 ERROR_CODE_HEADER = "x-error-code"
 ERROR_MESSAGE_HEADER = "x-error-message"
@@ -106,11 +116,7 @@ class Publisher:
         message = event_message(envelope)
         keep = envelope.type in KEPT_WHEN_UNROUTED
         if not keep and self._notices is not None:
-            notice_channel, notice_hub = self._notices
-            await notice_hub.publish(message, routing_key=envelope.type, mandatory=False)
-            if reply_to:
-                await notice_channel.default_exchange.publish(
-                    event_message(envelope), routing_key=reply_to, mandatory=False)
+            await self._publish_notice(envelope, message, reply_to)
             return
         try:
             await self._hub.publish(message, routing_key=envelope.type, mandatory=keep)
@@ -124,6 +130,19 @@ class Publisher:
             await self._default().publish(message, routing_key=self._topology.unrouted.name)
         if reply_to:
             await self._send_reply(envelope, reply_to)
+
+    async def _publish_notice(self, envelope: Envelope, message: aio_pika.Message,
+                              reply_to: str | None) -> None:
+        assert self._notices is not None
+        notice_channel, notice_hub = self._notices
+        try:
+            await notice_hub.publish(message, routing_key=envelope.type, mandatory=False)
+            if reply_to:
+                await notice_channel.default_exchange.publish(
+                    event_message(envelope), routing_key=reply_to, mandatory=False)
+        except BROKER_DOWN_ERRORS as error:
+            metrics.NOTICES_DROPPED.labels(envelope.type).inc()
+            NOTICE_DROPPED_WARNING(event_type=envelope.type, error=type(error).__name__)
 
     async def _send_reply(self, envelope: Envelope, reply_to: str) -> None:
         # A caller that stopped waiting has taken its reply queue away; that is not our failure.
