@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from llm_consumer.auth import Principal
@@ -12,7 +13,14 @@ from llm_consumer.events.catalog import EVENTS
 from llm_consumer.events.envelope import Envelope
 from llm_consumer.events.requests import ContentKind, ContentRequested, ImageKind
 from llm_consumer.handlers.base import Request
-from llm_consumer.handlers.pipeline import estimate_tokens, model_of, operation_of, user_of
+from llm_consumer.handlers.pipeline import (
+    PROMPT_OVERHEAD_TOKENS,
+    estimate_tokens,
+    model_of,
+    operation_of,
+    user_of,
+)
+from llm_consumer.prompts.tokens import counter_for, estimate
 
 
 def request(kind: str, data: dict[str, Any], *scopes: str, subject: str = "alice") -> Request:
@@ -54,6 +62,20 @@ def test_model_and_token_estimate() -> None:
     named = ContentRequested.model_validate({**small.model_dump(),
                                              "model": {"name": "gpt-5-mini"}})
     assert model_of(named, "gpt-5-nano") == "gpt-5-mini"
-    assert estimate_tokens(small) == 104 + 300 + 800  # chars/4, overhead, the kind's answer
+    prompt = estimate_tokens(small) - PROMPT_OVERHEAD_TOKENS - 800  # the kind's answer: 800
+    assert prompt == estimate(orjson.dumps(small.context).decode()), "the one estimator"
     huge = small.model_copy(update={"context": {"text": "y" * 400_000}})
     assert estimate_tokens(huge, window=8192) == 8192, "cut to the window before it is sent"
+
+
+@pytest.mark.parametrize("context", [
+    {"stats": list(range(1000, 1400))},                    # digits: chars / 4 undercounts
+    {"name": "Ærwyn Þórsdóttir", "home": "東京の森" * 40},  # non-Latin
+    {"story": "The ranger walked into the misty vale. " * 30},
+])
+def test_the_admission_estimate_covers_the_real_tokens(context: dict[str, object]) -> None:
+    """Admission charges the rate limits before the prompt exists: its estimate of the caller's
+    data stays above what OpenAI's tokenizer counts for it."""
+    data = ContentRequested.model_validate({"kind": "world.location", "context": context})
+    charged = estimate_tokens(data) - PROMPT_OVERHEAD_TOKENS - 800
+    assert charged >= counter_for("gpt-5-nano").count(orjson.dumps(context).decode())

@@ -18,7 +18,6 @@ model's call is admitted as that model, against its own limits, not the first mo
 from __future__ import annotations
 
 import asyncio
-import math
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +30,7 @@ from llm_consumer.events import catalog
 from llm_consumer.events.results import RateLimitNotice
 from llm_consumer.handlers.base import CallBudget, Emit
 from llm_consumer.handlers.progress import ProgressSink
+from llm_consumer.prompts.tokens import MESSAGE_OVERHEAD_TOKENS, estimate
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
 from llm_consumer.providers.fallback_policy import MAX_INLINE_WAITS, next_step
 from llm_consumer.store.admission import Admitted, Ask, Follow, Hit, Known, Limited
@@ -40,7 +40,6 @@ from llm_consumer.store.ratelimit import Notice, model_scopes
 log = structlog.get_logger(__name__)
 
 DEFAULT_ANSWER_TOKENS = 1000
-CHARS_PER_TOKEN = 4
 
 
 @dataclass(slots=True)
@@ -96,7 +95,9 @@ async def admit_within(guard: Guard, ask: Ask, emit: Emit,
 
 
 def job_tokens(job: TextJob) -> int:
-    prompt = math.ceil((len(job.system) + len(job.user)) / CHARS_PER_TOKEN)
+    """What a call charges to the model's token limit: its two messages, estimated, and its
+    whole answer budget."""
+    prompt = estimate(job.system) + estimate(job.user) + 2 * MESSAGE_OVERHEAD_TOKENS
     return prompt + (job.max_tokens or DEFAULT_ANSWER_TOKENS)
 
 

@@ -13,7 +13,6 @@ limits: they cost the provider nothing.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -28,6 +27,7 @@ from llm_consumer.handlers.base import Deps, Handler, Reply, Request
 from llm_consumer.handlers.limits import TICKET, Ticket, admit_within
 from llm_consumer.images.service import ImageService
 from llm_consumer.prompts.builder import kind_templates
+from llm_consumer.prompts.tokens import MESSAGE_OVERHEAD_TOKENS, estimate
 from llm_consumer.providers.base import TextProvider
 from llm_consumer.store import cache
 from llm_consumer.store.admission import Admitted, Ask, Hit, Known
@@ -37,7 +37,6 @@ from llm_consumer.store.ratelimit import request_scopes
 from llm_consumer.store.usage import Use, price_for
 
 ADMIN = "llm:admin"
-CHARS_PER_TOKEN = 4
 PROMPT_OVERHEAD_TOKENS = 300  # system message, instruction and schema around the context
 OPERATIONS = {"theme.apply": "theme", "theme.analyze": "theme",
               "content.validate": "validation"}
@@ -72,17 +71,19 @@ def model_of(data: ContentRequested | ImageRequested, default_model: str,
 
 
 def estimate_tokens(data: ContentRequested | ImageRequested, window: int | None = None) -> int:
-    """Prompt + answer budget, estimated before the prompt exists (chars / 4 of the context
-    and theme plus a fixed overhead; the answer budget in full), at most the model's context
-    window (a bigger context is cut to fit it)."""
+    """Prompt + answer budget, estimated before the prompt exists (the calibrated estimate of
+    the context, the theme and the chat turns, plus a fixed overhead; the answer budget in
+    full), at most the model's context window (a bigger context is cut to fit it)."""
     if isinstance(data, ImageRequested):
         return 1
     theme = data.theme.model_dump(exclude_none=True) if data.theme else {}
-    chars = (len(orjson.dumps(data.context)) + len(orjson.dumps(theme))
-             + sum(len(turn.content) for turn in data.messages or ()))
+    prompt = (estimate(orjson.dumps(data.context).decode())
+              + (estimate(orjson.dumps(theme).decode()) if theme else 0)
+              + sum(estimate(turn.content) + MESSAGE_OVERHEAD_TOKENS
+                    for turn in data.messages or ()))
     answer = (data.model.max_tokens if data.model and data.model.max_tokens
               else kind_templates()[data.kind.value].max_tokens)
-    tokens = math.ceil(chars / CHARS_PER_TOKEN) + PROMPT_OVERHEAD_TOKENS + answer
+    tokens = prompt + PROMPT_OVERHEAD_TOKENS + answer
     return min(tokens, window) if window else tokens
 
 

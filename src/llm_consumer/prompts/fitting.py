@@ -23,7 +23,12 @@ from typing import Any
 import orjson
 
 from llm_consumer.errors import PermanentFailure
-from llm_consumer.prompts.tokens import MESSAGE_OVERHEAD_TOKENS, TokenCounter, counter_for
+from llm_consumer.prompts.tokens import (
+    MESSAGE_OVERHEAD_TOKENS,
+    TokenCounter,
+    counter_for,
+    estimate,
+)
 
 KEY_FIELDS = frozenset({
     "name", "race", "species", "class", "subclass", "level", "background", "alignment",
@@ -109,9 +114,9 @@ def fit_data(context: dict[str, Any], theme: dict[str, Any] | None, *, fixed_tex
     limit = max(budget.window - fixed - answer, 0)
     text = serialize(root)
     # Data its size alone shows to be over is not counted whole (a megabyte costs up to
-    # seconds with the embedded model's tokenizer): its original size is reported as chars / 4.
+    # seconds with the embedded model's tokenizer): its original size is reported as estimated.
     over_by_size = len(text) > limit * COARSE_CHARS_PER_TOKEN
-    tokens = math.ceil(len(text) / 4) if over_by_size else count(text)
+    tokens = estimate(text) if over_by_size else count(text)
     report = FitReport(tokens + fixed, tokens + fixed, 0, budget.counter.exact)
     if over_by_size or tokens > limit:
         root, tokens = _shrink(root, limit, count, report,

@@ -50,6 +50,16 @@ class EstimatedCounter:
         return math.ceil(tokens * ESTIMATE_MARGIN)
 
 
+ESTIMATOR = EstimatedCounter()
+
+
+def estimate(text: str) -> int:
+    """The service's one token estimate where no exact count is worth its cost: admission's
+    budget before the prompt exists, the rate limits' charge, and the size a too-large context
+    is reported with. It stays above the real tokenizers (see the module's docstring)."""
+    return ESTIMATOR.count(text)
+
+
 def pieces(text: str, size: int = COUNT_PIECE_CHARS) -> list[str]:
     """`text` in pieces of at most `size` characters, cut before whitespace when there is some
     near the end of a piece (so a word is not split and the counts add up as for the whole)."""
