@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from llm_consumer import tracing
 from llm_consumer.errors import InvalidRequest, PermanentFailure, TransientFailure
 from llm_consumer.events import catalog
 from llm_consumer.events.requests import (
@@ -80,7 +81,9 @@ class Metered:
 
     async def run(self, job: ImageJob) -> tuple[list[Decoded], str]:
         self.calls.spend(provider_calls(self.provider.name, job))
-        result = await self.provider.run(job)
+        with tracing.stage("llm.provider.call", provider=self.provider.name,
+                           operation=job.operation, images=job.count):
+            result = await self.provider.run(job)
         return (await asyncio.to_thread(_checked_all, result.images, self.provider.name),
                 result.model_used)
 

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from llm_consumer import tracing
 from llm_consumer.auth import Principal
 from llm_consumer.errors import InvalidRequest, PermanentFailure, TransientFailure
 from llm_consumer.events.requests import SourceImage
@@ -130,7 +131,9 @@ class ImageService:
         if source.ref:
             if not caller.may_read(source.ref):
                 raise no_image(source.ref)
-            data = await self.store.get(source.ref, max_bytes=self.fetcher.policy.max_bytes)
+            with tracing.stage("llm.storage.get"):
+                data = await self.store.get(source.ref,
+                                            max_bytes=self.fetcher.policy.max_bytes)
         elif source.data:
             data = self.fetcher.decode_base64(source.data)
         else:
@@ -168,8 +171,10 @@ class ImageService:
                        fmt: OutputFormat) -> tuple[list[str], list[str]]:
         folder = new_folder()
         keys = [image_key(owner, folder, index, fmt) for index in range(len(encoded))]
-        urls = await gather_or_raise([self.store.put(key, data, CONTENT_TYPES[fmt])
-                                      for key, data in zip(keys, encoded, strict=True)])
+        with tracing.stage("llm.storage.put", images=len(encoded),
+                           bytes=sum(len(data) for data in encoded)):
+            urls = await gather_or_raise([self.store.put(key, data, CONTENT_TYPES[fmt])
+                                          for key, data in zip(keys, encoded, strict=True)])
         return keys, urls
 
     async def aclose(self) -> None:

@@ -28,6 +28,7 @@ from llm_consumer.images.processing import (
 )
 from llm_consumer.providers.images_base import ImageJob, ImageResult, with_negative
 from llm_consumer.providers.openai_errors import translate_error as translate_text_error
+from llm_consumer.tracing import outgoing
 
 ENHANCE_PROMPTS = {
     "upscale": "Reproduce this exact image at higher fidelity: the same composition, subjects, "
@@ -87,7 +88,8 @@ class OpenAIImageProvider:
             if job.operation == "generate":
                 response = await self._client.images.generate(
                     model=model, prompt=with_negative(job.prompt, job.negative_prompt),
-                    n=job.count, size=size, output_format=job.output_format)
+                    n=job.count, size=size, output_format=job.output_format,
+                    extra_headers=outgoing())
             else:
                 prompt = ENHANCE_PROMPTS.get(job.operation) or with_negative(
                     job.prompt, job.negative_prompt)
@@ -95,7 +97,7 @@ class OpenAIImageProvider:
                           CONTENT_TYPES[sniff_format(data)]) for i, data in enumerate(job.sources)]
                 response = await self._client.images.edit(
                     model=model, image=files, prompt=prompt, n=job.count, size=size,
-                    output_format=job.output_format)
+                    output_format=job.output_format, extra_headers=outgoing())
         except openai.OpenAIError as err:
             raise translate_error(err, model) from err
         assert isinstance(response, ImagesResponse)  # not streamed
