@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
@@ -122,6 +123,21 @@ class Limited:
 
 
 Verdict = Known | Hit | Follow | Admitted | Limited
+
+
+@dataclass(frozen=True, slots=True)
+class _Closing:
+    """What `Admission.finish` writes: the answer and the end of the single-flight claim
+    (generation or "" to not cache it, the answer, its TTL in ms, the claim to end), the job
+    ledger's record, and the usage increments; None or empty for nothing."""
+
+    answer: tuple[str, bytes, int, str] | None
+    record: tuple[str, list[bytes]] | None
+    usage: list[tuple[str, str]]
+
+    @property
+    def empty(self) -> bool:
+        return self.answer is None and self.record is None and not self.usage
 Arg = str | int | float | bytes
 
 
@@ -189,41 +205,53 @@ class Admission:
                      record: tuple[str, list[bytes]] | None = None) -> None:
         """Store the answer (`ttl_s` 0: only handed to followers), end the claim, record the
         request's final events in the job ledger (`record`: its key and the encoded events),
-        count usage: the three concurrently, each on its own hash tag."""
-        pairs = increments(use, self._prices) if use is not None else []
+        count usage: the three concurrently, each on its own hash tag. With Redis failing or
+        in its cool-down, usage waits in memory and the rest is skipped."""
+        closing = self._closing(admitted, stored, ttl_s, use, record)
+        if closing.empty:
+            return
         day = today()
-        claim = self._flight_value(admitted.id) if admitted is not None and admitted.claimed else ""
-        generation = admitted.generation if admitted is not None else None
-        store = stored is not None and generation is not None and (ttl_s > 0 or bool(claim))
-        recorded = record if self.ledger is not None else None
-        if not (store or claim or pairs or recorded):
-            return
         if not self._health.usable():
-            self._usage.add(day, pairs)
+            self._usage.add(day, closing.usage)
             return
-        calls = []
-        if store or claim:
-            calls.append(self._store(
-                keys=[self._keys.cache_entry(ask.kind, ask.digest), self._keys.flight(ask.digest)],
-                args=[(generation or "") if store else "", stored or b"",
-                      (ttl_s or HANDOFF_TTL_S) * 1000, claim]))
-        if recorded is not None and self.ledger is not None:
-            calls.append(self.ledger.record(*recorded))
-        if pairs:
-            calls.append(self._count_usage(
-                keys=[self._keys.usage_day(day)],
-                args=[RETENTION_S, *(item for pair in pairs for item in pair)]))
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        results = await asyncio.gather(*self._closing_writes(ask, closing, day),
+                                       return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is None:
             await self._health.succeeded()
             return
-        if pairs and isinstance(results[-1], BaseException):
-            self._usage.add(day, pairs)
-        if isinstance(failure, RedisError):
-            self._health.failed("finish", failure)
-            return
-        raise failure
+        if closing.usage and isinstance(results[-1], BaseException):  # usage is written last
+            self._usage.add(day, closing.usage)
+        if not isinstance(failure, RedisError):
+            raise failure
+        self._health.failed("finish", failure)
+
+    def _closing(self, admitted: Admitted | None, stored: bytes | None, ttl_s: int,
+                 use: Use | None, record: tuple[str, list[bytes]] | None) -> _Closing:
+        """What `finish` has to write, decided before any I/O."""
+        claim = self._flight_value(admitted.id) if admitted is not None and admitted.claimed else ""
+        generation = admitted.generation if admitted is not None else None
+        keep = stored is not None and generation is not None and (ttl_s > 0 or bool(claim))
+        answer = ((generation or "") if keep else "", stored or b"",
+                  (ttl_s or HANDOFF_TTL_S) * 1000, claim) if keep or claim else None
+        return _Closing(answer=answer,
+                        record=record if self.ledger is not None else None,
+                        usage=increments(use, self._prices) if use is not None else [])
+
+    def _closing_writes(self, ask: Ask, closing: _Closing, day: str,
+                        ) -> list[Awaitable[object]]:
+        writes: list[Awaitable[object]] = []
+        if closing.answer is not None:
+            writes.append(self._store(
+                keys=[self._keys.cache_entry(ask.kind, ask.digest), self._keys.flight(ask.digest)],
+                args=list(closing.answer)))
+        if closing.record is not None and self.ledger is not None:
+            writes.append(self.ledger.record(*closing.record))
+        if closing.usage:
+            writes.append(self._count_usage(
+                keys=[self._keys.usage_day(day)],
+                args=[RETENTION_S, *(item for pair in closing.usage for item in pair)]))
+        return writes
 
     # -- internals --------------------------------------------------------------------------
 
