@@ -192,3 +192,36 @@ async def test_shown_dead_letters_have_their_secrets_redacted_and_replay_keeps_t
         assert "replayed 1 of 2" in replay.stdout, replay.stdout + replay.stderr
         [done] = await results.wait_for(catalog.CONTENT_GENERATED, request["id"])
     assert done["data"]["kind"] == "world.location", "the token survived the replay"
+
+
+async def test_a_replayed_request_that_fails_again_keeps_its_type(openai_service: Any,
+                                                                  fake_openai: Any) -> None:
+    """A replay (and a retry copy) reaches the work queue by its name; its dead letter is still
+    filed under its request type, so `dlq list --type` finds it."""
+    service: Service = await openai_service(max_attempts=2)
+    [request_id] = await fail_into_dlq(service, fake_openai, 1)  # a retry, then the DLQ
+    dead = build_topology(service.settings.queue_prefix, service.settings.hub_exchange).dead.name
+
+    async def listed_by_type() -> list[str]:
+        found = await cli(service.settings, "dlq", "list", "--json", "--type",
+                          catalog.CONTENT_REQUESTED)
+        assert found.returncode == 0, found.stderr
+        return [line for line in found.stdout.splitlines() if request_id in line]
+
+    for _ in range(100):
+        if await queue_depth(service.settings, dead) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert len(await listed_by_type()) == 1
+
+    fake_openai.script(*[server_error(500) for _ in range(2)])
+    async with tap(service.settings, catalog.GENERATION_FAILED) as hub:
+        replayed = await cli(service.settings, "dlq", "replay", "--request-id", request_id)
+        assert "replayed 1 of 1" in replayed.stdout, replayed.stdout + replayed.stderr
+        await hub.wait_for(catalog.GENERATION_FAILED, request_id)
+    for _ in range(100):
+        if await queue_depth(service.settings, dead) == 1:
+            break
+        await asyncio.sleep(0.05)
+    [line] = await listed_by_type()
+    assert f'"type":"{catalog.CONTENT_REQUESTED}"' in line.replace(" ", "")

@@ -42,8 +42,9 @@ from pamqp.commands import Basic
 from llm_consumer import metrics
 from llm_consumer.bus.retry_state import RetrySigner, RetryState
 from llm_consumer.bus.topology import Topology
-from llm_consumer.events.catalog import EVENTS
+from llm_consumer.events.catalog import EVENTS, REQUEST_TYPES
 from llm_consumer.events.envelope import CLOUDEVENTS_CONTENT_TYPE, Envelope, encode
+from llm_consumer.events.parsing import peek
 from llm_consumer.logging import RateLimitedWarning
 
 log = structlog.get_logger(__name__)
@@ -62,6 +63,7 @@ MAX_HEADER_TEXT = 1000
 MAX_ERROR_CODE = 64
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]*")
 KEPT_WHEN_UNROUTED = frozenset(t for t, spec in EVENTS.items() if spec.direction == "result")
+MAX_PEEK_BYTES = 10 * 1024 * 1024
 
 
 def event_message(envelope: Envelope, *, priority: int | None = None) -> aio_pika.Message:
@@ -168,7 +170,7 @@ class Publisher:
         """Into the dead-letter queue, confirmed; when the queue refuses it, parked instead
         (confirmed too), so the caller may ack the original either way."""
         reason = reason[:MAX_HEADER_TEXT]
-        routing_key, exchange = _original_route(incoming)
+        routing_key, exchange = _original_route(incoming, self._topology.work.name)
         headers: dict[str, FieldValue] = {
             ERROR_CODE_HEADER: code,
             ERROR_MESSAGE_HEADER: reason,
@@ -210,16 +212,24 @@ def _refusal(error: DeliveryError) -> str:
     return "refused: the dead-letter queue is full"
 
 
-def _original_route(incoming: AbstractIncomingMessage) -> tuple[str, str]:
+def _original_route(incoming: AbstractIncomingMessage, work_queue: str) -> tuple[str, str]:
     """Where the message first came from. A parked copy comes back from a delay queue under
-    the work queue's name, so the route recorded when it was parked is kept."""
+    the work queue's name, so the route recorded when it was parked is kept. A request that
+    reached the work queue by its name (a retry copy back from a delay queue, a replayed dead
+    letter) is filed under its own request type, read from the body: only a request type the
+    service knows, so a body cannot file itself under any name it likes."""
     headers = incoming.headers or {}
     if parked_dead_letter(headers) is not None:
         key, exchange = headers.get(ORIGINAL_ROUTING_KEY_HEADER), headers.get(
             ORIGINAL_EXCHANGE_HEADER)
         if isinstance(key, str) and isinstance(exchange, str):
             return key, exchange
-    return incoming.routing_key or "", incoming.exchange or ""
+    routing_key = incoming.routing_key or ""
+    if routing_key == work_queue:
+        request_type = peek(incoming.body, MAX_PEEK_BYTES).request_type
+        if request_type in REQUEST_TYPES:
+            return request_type, incoming.exchange or ""
+    return routing_key, incoming.exchange or ""
 
 
 def parked_dead_letter(headers: Mapping[str, object] | None) -> tuple[str, str] | None:
