@@ -108,6 +108,8 @@ class Window:
         self._width = span_s / SLOTS
         self._clock = clock
         self._buckets: deque[list[int]] = deque()  # [bucket number, events, good]
+        self._events = 0  # the sums over the buckets kept
+        self._good = 0
 
     def record(self, good: bool = True) -> None:
         now = self._slot()
@@ -116,12 +118,15 @@ class Window:
             self._prune(now)
         bucket = self._buckets[-1]
         bucket[1] += 1
-        bucket[2] += 1 if good else 0
+        self._events += 1
+        if good:
+            bucket[2] += 1
+            self._good += 1
 
     def counts(self) -> tuple[int, int]:
         """(events, good) within the window."""
         self._prune(self._slot())
-        return (sum(b[1] for b in self._buckets), sum(b[2] for b in self._buckets))
+        return self._events, self._good
 
     def covered_s(self) -> float:
         """The seconds the counts cover: the full buckets kept and the current one so far."""
@@ -133,7 +138,9 @@ class Window:
 
     def _prune(self, now: int) -> None:
         while self._buckets and self._buckets[0][0] <= now - SLOTS:
-            self._buckets.popleft()
+            _, events, good = self._buckets.popleft()
+            self._events -= events
+            self._good -= good
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +181,9 @@ class SloBook:
         due = []
         for name, seconds in ((target_class(kind, self.policy.targets_s), parts.total_s),
                               (QUEUE, parts.queue_wait_s)):
-            self._windows[name].record(seconds <= self.policy.targets_s[name])
-            warning = self._warning(name)
+            within = seconds <= self.policy.targets_s[name]
+            self._windows[name].record(within)
+            warning = None if within else self._warning(name)  # only a late one lowers it
             if warning is not None:
                 due.append(warning)
         return due
