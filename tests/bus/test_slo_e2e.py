@@ -19,8 +19,9 @@ from tests.bus.test_operations import free_port
 from tests.cli.test_dlq import cli_env
 from tests.cli.test_inject import run_cli
 from tests.conftest import Service
-from tests.fakes.openai_server import reply
+from tests.fakes.openai_server import reply, server_error
 from tests.hub import Tap, tap
+from tests.images.conftest import fake_images, image_service  # noqa: F401 (fixtures)
 
 DELAY_S = 0.3  # each provider answer
 TARGET_S = 0.2  # the text target of this test: every answer misses it
@@ -29,28 +30,29 @@ KIND = "world.environment"
 PARTS = ("llm_queue_wait_seconds", "llm_provider_seconds", "llm_service_overhead_seconds")
 
 
-async def scrape(port: int) -> dict[tuple[str, str], float]:
-    """Sum and count of each part's histogram for KIND, from /metrics as Prometheus sees it."""
+async def scrape(port: int, kind: str = KIND) -> dict[tuple[str, str], float]:
+    """Sum and count of each part's histogram for `kind`, from /metrics as Prometheus sees
+    it."""
     body = await asyncio.to_thread(
         lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read())
     found = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
-            if sample.labels.get("kind") == KIND and sample.name.endswith(("_sum", "_count")):
+            if sample.labels.get("kind") == kind and sample.name.endswith(("_sum", "_count")):
                 found[(sample.name.rsplit("_", 1)[0], sample.name.rsplit("_", 1)[1])] = (
                     sample.value)
     return found
 
 
-async def beat_with(hub: Tap, answered: int) -> ServiceHeartbeat:
-    """The first heartbeat that counts `answered` text requests (then one more heartbeat, so
-    that anything published with the last request's settling has gone out)."""
+async def beat_with(hub: Tap, answered: int, target: str = "text") -> ServiceHeartbeat:
+    """The first heartbeat that counts `answered` requests of `target` (then one more
+    heartbeat, so that anything published with the last request's settling has gone out)."""
     seen = 0
     while True:
         beats = await hub.wait_for(catalog.SERVICE_HEARTBEAT, count=seen + 1)
         seen = len(beats)
         beat = ServiceHeartbeat.model_validate(beats[-1]["data"])
-        if beat.metrics.slo["text"].requests >= answered:
+        if beat.metrics.slo[target].requests >= answered:
             await hub.wait_for(catalog.SERVICE_HEARTBEAT, count=seen + 1)
             return beat
 
@@ -108,3 +110,56 @@ async def test_a_slow_provider_lowers_the_share_and_warns_once(
     assert "req/s" in stdout and "latency targets" in stdout
     [row] = [line for line in stdout.splitlines() if " text " in line]
     assert "0.2" in row and "0.0%" in row
+
+
+def deltas(before: dict[tuple[str, str], float],
+           after: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    return {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+
+
+async def test_a_retried_request_counts_once_with_its_first_attempt_in_the_queue_wait(
+        openai_service: Any, fake_openai: Any) -> None:
+    fake_openai.script(server_error(503))  # the first attempt fails; the retry is answered
+    port = free_port()
+    service: Service = await openai_service(heartbeat_every_s=0.3, metrics_port=port)
+    before = await scrape(port, "content.validate")
+    async with tap(service.settings, catalog.SERVICE_HEARTBEAT) as hub:
+        exchange = await service.request(
+            "content.validate", {"context": {"content": "A rogue with 30 strength."},
+                                 "cache": False})
+        assert exchange.final is not None
+        assert exchange.final["type"] == catalog.VALIDATION_COMPLETED
+        beat = await beat_with(hub, 1, "validation")
+    delta = deltas(before, await scrape(port, "content.validate"))
+    assert len(fake_openai.chat_requests) == 2  # two attempts, two provider calls
+
+    assert all(delta[(part, "count")] == 1 for part in PARTS), delta  # one request, once
+    # The retry copy waited in the 1 s delay queue: the answering delivery's queue wait holds
+    # that and the first attempt.
+    assert delta[("llm_queue_wait_seconds", "sum")] >= 1.0
+    validation = beat.metrics.slo["validation"]
+    assert (validation.target_s, validation.requests) == (2.0, 1)
+    assert beat.metrics.slo["text"].requests == 0 and beat.metrics.slo["queue"].requests == 1
+
+
+async def test_an_image_request_counts_in_the_image_class_with_its_provider_time(
+        image_service: Any) -> None:  # noqa: F811 (the fixture imported above)
+    port = free_port()
+    service: Service = await image_service(heartbeat_every_s=0.3, metrics_port=port)
+    before = await scrape(port, "item")
+    async with tap(service.settings, catalog.SERVICE_HEARTBEAT) as hub:
+        exchange = await service.request("item", {
+            "context": {"name": "Ember Fang", "type": "dagger"},
+            "options": {"provider": "getimg", "count": 2}, "cache": False})
+        assert exchange.final is not None
+        assert exchange.final["type"] == catalog.IMAGE_GENERATED, exchange.final
+        beat = await beat_with(hub, 1, "image")
+    delta = deltas(before, await scrape(port, "item"))
+
+    assert all(delta[(part, "count")] == 1 for part in PARTS), delta
+    provider_s = delta[("llm_provider_seconds", "sum")]
+    # two GetImg calls over HTTP; checking and storing the images is the service's own time
+    assert provider_s > 0 and delta[("llm_service_overhead_seconds", "sum")] > 0
+    image = beat.metrics.slo["image"]
+    assert (image.target_s, image.requests, image.within_target, image.share) == (
+        30.0, 1, 1, 1.0)
