@@ -1,9 +1,9 @@
 """The platform documents' latency targets, measured on this process's own traffic.
 
 A request counts once, when the delivery that answers it settles (a result, a stored result
-sent again, or `generation.failed`); retry copies and rate-limit deferrals count with the
-delivery that finally answers. Its time splits into three parts that add up to what the
-caller waited:
+sent again, or `generation.failed` other than `cancelled`); retry copies and rate-limit
+deferrals count with the delivery that finally answers. Its time splits into three parts that
+add up to what the caller waited:
 
 - queue wait: from the request's publish (the later of its AMQP timestamp and its event
   `time`: both are the publisher's clock) to this delivery's receipt; for a retried or deferred
@@ -41,8 +41,9 @@ CLASSES = frozenset(DEFAULT_TARGETS_S)
 THEME_KINDS = frozenset({"theme.apply", "theme.analyze"})
 VALIDATION_KINDS = frozenset({"content.validate"})
 IMAGE_KINDS = frozenset(kind.value for kind in ImageKind)
-# Request outcomes that do not answer the request (it comes back, or was never a request).
-NOT_ANSWERED = frozenset({"busy", "retry", "deferred", "control", "dead_letter"})
+# Request outcomes not measured: the request comes back (busy, retry, deferred), was never a
+# request, or its caller stopped it (cancelled: its time says nothing of the service's).
+NOT_ANSWERED = frozenset({"busy", "retry", "deferred", "control", "dead_letter", "cancelled"})
 SLOTS = 60  # buckets per window
 MAX_QUEUE_WAIT_S = 7 * 86400.0  # a publisher's clock far off is not a week of waiting
 
