@@ -50,7 +50,7 @@ def test_the_window_forgets_what_is_older_than_its_span() -> None:
 def test_kinds_fall_into_the_documents_classes_unless_given_their_own() -> None:
     targets = {**DEFAULT_TARGETS_S, "character.combat": 8.0}
     assert target_class("character.backstory", targets) == "text"
-    assert target_class("chat", targets) == "text"
+    assert target_class("chat.completion", targets) == "text"
     assert target_class("theme.apply", targets) == "theme"
     assert target_class("theme.analyze", targets) == "theme"
     assert target_class("content.validate", targets) == "validation"
