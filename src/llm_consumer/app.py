@@ -48,6 +48,7 @@ from llm_consumer.providers.local import MODEL_NAME, LocalTextProvider
 from llm_consumer.providers.open_circuit import OpenCircuitFallback
 from llm_consumer.providers.openai_images import OpenAIImageProvider
 from llm_consumer.settings import Settings
+from llm_consumer.slo import SloPolicy
 from llm_consumer.store.client import RedisClient, open_redis, verify_redis
 from llm_consumer.store.guard import Guard, Policy
 from llm_consumer.store.health import RedisHealth
@@ -297,6 +298,9 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                 max_provider_calls=settings.max_provider_calls_per_request,
                 progress=ProgressPolicy(settings.progress_interval_ms / 1000,
                                         settings.progress_min_chars),
+                slo=SloPolicy.of(settings.slo_targets_s, settings.slo_window_s,
+                                 settings.slo_warn_below, settings.slo_warn_min_requests),
+                instance=settings.instance_id,
             ),
             publisher=publisher,
             ledger=ledger,
@@ -384,6 +388,8 @@ async def _probes(settings: Settings, broker: Broker, ledger: JobLedger, guard: 
         processed=lambda: consumer.stats.processed,
         error_rate=lambda: consumer.stats.error_rate,
         p95_ms=lambda: consumer.stats.p95_ms,
+        request_rate=consumer.slo.request_rate,
+        slo=consumer.slo.shares,
         queue_depths=depths,
         dead_letters_parked=lambda: publisher.dead_letters.raised,
         models=(lambda: model_components(breakers)) if breakers is not None else dict,

@@ -15,7 +15,7 @@ import structlog
 
 from llm_consumer import metrics
 from llm_consumer.events import catalog
-from llm_consumer.events.results import HeartbeatMetrics, ServiceHeartbeat
+from llm_consumer.events.results import HeartbeatMetrics, ServiceHeartbeat, SloShare
 from llm_consumer.providers.breaker import BreakerBoard, State
 
 log = structlog.get_logger(__name__)
@@ -43,6 +43,8 @@ class Probes:
     dead_letters_parked: Callable[[], bool] = lambda: False
     # "model:<provider>/<model>" -> its availability (model_components)
     models: Callable[[], dict[str, Status]] = dict
+    request_rate: Callable[[], float] = lambda: 0.0  # settled per second over SLO_WINDOW_S
+    slo: Callable[[], dict[str, SloShare]] = dict  # per target class (slo.py)
 
 
 def model_components(board: BreakerBoard) -> dict[str, Status]:
@@ -73,11 +75,16 @@ async def beat_once(probes: Probes) -> ServiceHeartbeat:
     with contextlib.suppress(Exception):
         for queue, depth in (await probes.queue_depths()).items():
             metrics.QUEUE_DEPTH.labels(queue).set(depth)
+    shares = probes.slo()
+    for target, share in shares.items():
+        if share.share is not None:
+            metrics.SLO_SHARE.labels(target).set(share.share)
     return ServiceHeartbeat(
         instance=probes.instance, status=overall(components), components=components,
         metrics=HeartbeatMetrics(in_flight=probes.in_flight(), processed=probes.processed(),
                                  error_rate=round(probes.error_rate(), 4),
-                                 p95_ms=round(probes.p95_ms(), 1)))
+                                 p95_ms=round(probes.p95_ms(), 1),
+                                 request_rate=round(probes.request_rate(), 3), slo=shares))
 
 
 async def run_heartbeats(probes: Probes, publish: Callable[[str, ServiceHeartbeat],

@@ -20,6 +20,22 @@ LATENCY = Histogram("llm_request_duration_seconds", "Receive-to-settle time per 
                     ["kind"], registry=REGISTRY,
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
                              120, 300))
+# The parts of a request's time, observed once per answered request (slo.py): they add up to
+# the time from its publish to its result.
+PART_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600)
+QUEUE_WAIT = Histogram(
+    "llm_queue_wait_seconds", "Publish to receipt of the delivery that answered the request "
+    "(earlier attempts and delay-queue waits included), by kind", ["kind"], registry=REGISTRY,
+    buckets=PART_BUCKETS)
+PROVIDER_TIME = Histogram(
+    "llm_provider_seconds", "Provider calls of the answering delivery, summed per request, by "
+    "kind", ["kind"], registry=REGISTRY, buckets=PART_BUCKETS)
+SERVICE_OVERHEAD = Histogram(
+    "llm_service_overhead_seconds", "Receive-to-settle time of the answering delivery outside "
+    "provider calls, by kind", ["kind"], registry=REGISTRY, buckets=PART_BUCKETS)
+SLO_SHARE = Gauge("llm_slo_within_target_ratio",
+                  "Share of requests answered within target over SLO_WINDOW_S, by target class "
+                  "(updated with each heartbeat)", ["target"], registry=REGISTRY)
 IN_FLIGHT = Gauge("llm_in_flight", "Deliveries being processed", registry=REGISTRY)
 QUEUE_DEPTH = Gauge("llm_queue_depth", "Messages waiting, by queue", ["queue"],
                     registry=REGISTRY)

@@ -240,6 +240,18 @@ class Settings(BaseSettings):
         5.0, gt=0, le=300, description="seconds between service.heartbeat events (and "
         "HEALTH_FILE writes)")
     health_file: str | None = Field(None, description="liveness file refreshed by `run`")
+    slo_targets_s: dict[str, float] = Field(
+        {"text": 5.0, "image": 30.0, "theme": 15.0, "validation": 2.0, "queue": 1.0},
+        description="latency targets in seconds per class (image kinds: image; theme.apply, "
+        "theme.analyze: theme; content.validate: validation; other kinds: text; queue: the "
+        "queue wait of every request) or per kind (its own class); given entries replace "
+        "these defaults one by one")
+    slo_window_s: float = Field(300.0, gt=0, le=86_400, description="the recent window of the "
+                                "share within target (heartbeats, health, slo.warning)")
+    slo_warn_below: float = Field(0.9, ge=0, le=1, description="slo.warning when a class's "
+                                  "share within target falls under this (0: never)")
+    slo_warn_min_requests: int = Field(20, ge=1, description="requests a class needs in the "
+                                       "window before slo.warning is sent")
 
     @field_validator("secret_key")
     @classmethod
@@ -314,6 +326,17 @@ class Settings(BaseSettings):
     @classmethod
     def _model_rates(cls, value: ModelRatesRaw) -> ModelRatesRaw:
         parse_model_rates(value)
+        return value
+
+    @field_validator("slo_targets_s")
+    @classmethod
+    def _slo_targets(cls, value: dict[str, float]) -> dict[str, float]:
+        known = ({"text", "image", "theme", "validation", "queue"}
+                 | {k.value for k in ContentKind} | {k.value for k in ImageKind})
+        unknown = sorted(set(value) - known)
+        if unknown or any(seconds <= 0 for seconds in value.values()):
+            raise ValueError(f"needs target classes or kinds and seconds > 0 (unknown: "
+                             f"{unknown})")
         return value
 
     @field_validator("cache_ttls")

@@ -57,6 +57,7 @@ from llm_consumer.handlers.pipeline import guarded
 from llm_consumer.handlers.routes import route
 from llm_consumer.identity import RequestOwner
 from llm_consumer.policy import ModelPolicy, ReplyPolicy
+from llm_consumer.slo import NOT_ANSWERED, Delivery, SloBook, SloPolicy, published_at
 from llm_consumer.store.jobs import Claim, JobLedger
 
 log = structlog.get_logger("llm_consumer.consumer")
@@ -77,6 +78,8 @@ class ConsumerConfig:
     max_defer_s: float = 600.0  # total rate-limit wait in delay queues before `rate_limited`
     max_provider_calls: int = 16  # per message, across its attempts
     progress: ProgressPolicy = field(default_factory=ProgressPolicy)  # streamed deltas
+    slo: SloPolicy = field(default_factory=SloPolicy)  # latency targets (slo.py)
+    instance: str = ""  # this replica's name, in slo.warning
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,7 @@ class Consumer:
         self._running: dict[str, asyncio.Task[object]] = {}
         self._subscriptions: list[tuple[AbstractQueue, str]] = []
         self.stats = Stats()
+        self.slo = SloBook(config.slo, config.instance)
 
     @property
     def in_flight(self) -> int:
@@ -169,14 +173,16 @@ class Consumer:
         metrics.IN_FLIGHT.inc()
         structlog.contextvars.clear_contextvars()
         started = time.monotonic()
+        delivery = Delivery(started=started)
         try:
-            outcome = await self._settle(message)
+            outcome = await self._settle(message, delivery)
             elapsed = time.monotonic() - started
             self.stats.record(outcome in ("completed", "duplicate"), elapsed * 1000)
             kind = str(structlog.contextvars.get_contextvars().get("kind") or "none")
             metrics.REQUESTS.labels(kind, outcome).inc()
             metrics.LATENCY.labels(kind).observe(elapsed)
             log.info("message.settled", outcome=outcome, duration_ms=round(elapsed * 1000, 1))
+            await self._measure(delivery, outcome, elapsed)
         except asyncio.CancelledError:
             await self._hand_back(message)
             raise
@@ -194,12 +200,30 @@ class Consumer:
             self._deliveries.discard(task)
             metrics.IN_FLIGHT.dec()
 
+    async def _measure(self, delivery: Delivery, outcome: str, elapsed_s: float) -> None:
+        """The request's time in parts (histograms, SLO windows) once it is answered; an
+        `slo.warning` when one is due. Never raises: the delivery is settled already."""
+        self.slo.settled()
+        if delivery.kind is None or outcome in NOT_ANSWERED:
+            return
+        parts = delivery.parts(elapsed_s)
+        metrics.QUEUE_WAIT.labels(delivery.kind).observe(parts.queue_wait_s)
+        metrics.PROVIDER_TIME.labels(delivery.kind).observe(parts.provider_s)
+        metrics.SERVICE_OVERHEAD.labels(delivery.kind).observe(parts.overhead_s)
+        for warning in self.slo.observe(delivery.kind, parts):
+            log.warning("slo.warning", target=warning.target, share=warning.share,
+                        requests=warning.requests)
+            try:
+                await self._publish(catalog.SLO_WARNING, warning, cause=None, reply_to=None)
+            except Exception:
+                log.warning("slo.warning_unpublished", exc_info=True)
+
     async def _hand_back(self, message: AbstractIncomingMessage) -> None:
         with contextlib.suppress(Exception):
             await message.nack(requeue=True)
         log.info("message.handed_back")
 
-    async def _settle(self, message: AbstractIncomingMessage) -> str:
+    async def _settle(self, message: AbstractIncomingMessage, delivery: Delivery) -> str:
         cfg = self._config
         structlog.contextvars.bind_contextvars(
             delivery_id=message.message_id, routing_key=message.routing_key)
@@ -232,6 +256,7 @@ class Consumer:
             request_id=env.id, correlation_id=env.correlation, type=env.type, kind=kind)
         parent = tracing.incoming(env.model_extra, message.headers)
         queued_at = message.timestamp or env.time  # the AMQP timestamp, else the event's time
+        delivery.published_at = published_at(message.timestamp, env.time)
         with tracing.request_span(f"llm.request {env.type}", parent, queued_at=queued_at,
                                   attributes={"messaging.message.id": env.id,
                                               "llm.kind": str(kind or ""),
@@ -244,7 +269,7 @@ class Consumer:
                     return error.code
                 await message.ack()
                 return "control"
-            return await self._request(message, parsed, principal, reply_to)
+            return await self._request(message, parsed, principal, reply_to, delivery)
 
     async def _reject(self, message: AbstractIncomingMessage, error: RejectedMessage, *,
                       reply_to: str | None) -> None:
@@ -282,13 +307,15 @@ class Consumer:
         return self._rules.signer.read(message.message_id, message.headers)
 
     async def _request(self, message: AbstractIncomingMessage, parsed: Parsed,
-                       principal: Principal, reply_to: str | None) -> str:
+                       principal: Principal, reply_to: str | None,
+                       delivery: Delivery) -> str:
         env = parsed.envelope
         data = parsed.data
         assert isinstance(data, ContentRequested | ImageRequested)
         state = self._retry_state(message)
         attempt = state.attempt
         calls = CallBudget(self._config.max_provider_calls, state.provider_calls)
+        delivery.kind, delivery.calls = data.kind.value, calls
         settle = _Settling(message, reply_to, state, calls)
         key = RequestOwner(principal.subject, env.source).key(env.id)
         if key in self._running:  # a redelivery while the first copy still runs here

@@ -173,7 +173,7 @@ def health(
         for beat in beats:
             json_line(beat["data"])
     else:
-        rows = [["(this check)", name, status, "", "", "", ""] for name, status in checks]
+        rows = [["(this check)", name, status, "", "", "", "", ""] for name, status in checks]
         for beat in beats:
             data, counts = beat["data"], beat["data"]["metrics"]
             for index, (name, status) in enumerate(sorted(data["components"].items())):
@@ -181,11 +181,13 @@ def health(
                 rows.append([str(data["instance"]) if first else "", name, str(status),
                              str(counts["in_flight"]) if first else "",
                              str(counts["processed"]) if first else "",
+                             f"{counts.get('request_rate', 0):.2f}" if first else "",
                              f"{counts['error_rate']:.1%}" if first else "",
                              str(counts["p95_ms"]) if first else ""])
         show_rows("llm-consumer health", ("instance", "component", "status", "in flight",
-                                          "processed", "error rate", "p95 ms"), rows,
-                  right=frozenset({"in flight", "processed", "error rate", "p95 ms"}))
+                                          "processed", "req/s", "error rate", "p95 ms"), rows,
+                  right=frozenset({"in flight", "processed", "req/s", "error rate", "p95 ms"}))
+        _show_targets(beats)
     if not beats:
         err.print(f"no heartbeat from any instance within {wait:g}s")
     own = dict(checks)
@@ -195,6 +197,22 @@ def health(
         raise typer.Exit(int(Exit.REDIS))
     if not beats or "down" in statuses:
         raise typer.Exit(int(Exit.FAILED))
+
+
+def _show_targets(beats: list[dict[str, Any]]) -> None:
+    """Each instance's share of requests within the latency targets (slo.py), when any."""
+    rows = []
+    for beat in beats:
+        for index, (target, share) in enumerate(sorted(
+                beat["data"]["metrics"].get("slo", {}).items())):
+            rows.append([str(beat["data"]["instance"]) if index == 0 else "", target,
+                         f"{share['target_s']:g}", str(share["requests"]),
+                         str(share["within_target"]),
+                         "-" if share.get("share") is None else f"{share['share']:.1%}"])
+    if rows:
+        show_rows("latency targets over each instance's recent window (SLO_WINDOW_S)",
+                  ("instance", "target", "target s", "requests", "within", "share"), rows,
+                  right=frozenset({"target s", "requests", "within", "share"}))
 
 
 async def _health(settings: Settings, wait: float, quiet: bool,

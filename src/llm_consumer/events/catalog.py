@@ -25,6 +25,7 @@ JOB_STATUS = "job.status"
 RATE_LIMIT_WARNING = "rate_limit.warning"
 RATE_LIMIT_EXCEEDED = "rate_limit.exceeded"
 SERVICE_HEARTBEAT = "service.heartbeat"
+SLO_WARNING = "slo.warning"
 
 Direction = Literal["request", "control", "result", "notice"]
 
@@ -69,6 +70,9 @@ EVENTS: dict[str, EventSpec] = {
                   "A rate-limit scope is exhausted."),
         EventSpec(SERVICE_HEARTBEAT, rs.ServiceHeartbeat, "notice", None,
                   "Liveness and load of one instance."),
+        EventSpec(SLO_WARNING, rs.SloWarning, "notice", None,
+                  "A target class's share of requests within its latency target fell under "
+                  "the warning level on one instance."),
     )
 }
 

@@ -161,11 +161,43 @@ class RateLimitNotice(_Outbound):
     retry_after_s: float = Field(ge=0)
 
 
+class SloShare(_Outbound):
+    """One target class over the instance's recent window (SLO_WINDOW_S)."""
+
+    target_s: float = Field(gt=0, description="the target: answered within this many seconds")
+    requests: int = Field(ge=0, description="requests answered in the window")
+    within_target: int = Field(ge=0)
+    share: float | None = Field(None, ge=0, le=1, description=(
+        "within_target / requests; absent (null) without requests"))
+
+
+class SloWarning(_Outbound):
+    """`slo.warning`: on one instance, the share of a target class's requests answered within
+    target fell under SLO_WARN_BELOW over the last SLO_WINDOW_S (with at least
+    SLO_WARN_MIN_REQUESTS requests). At most one per class and instance per window."""
+
+    instance: str
+    target: str = Field(description=(
+        "the target class: text, image, theme, validation, queue (the queue wait of every "
+        "request), or a kind given a target of its own in SLO_TARGETS_S"))
+    target_s: float = Field(gt=0)
+    share: float = Field(ge=0, le=1, description="within_target / requests")
+    level: float = Field(ge=0, le=1, description="the share under which this warning is sent")
+    requests: int = Field(ge=1)
+    within_target: int = Field(ge=0)
+    window_s: float = Field(gt=0)
+
+
 class HeartbeatMetrics(_Outbound):
     in_flight: int = Field(ge=0)
     processed: int = Field(ge=0)
     error_rate: float = Field(ge=0, le=1)
     p95_ms: float = Field(ge=0)
+    request_rate: float = Field(0.0, ge=0, description=(
+        "deliveries settled per second over the last SLO_WINDOW_S (what `processed` counts)"))
+    slo: dict[str, SloShare] = Field(default_factory=dict, description=(
+        "per target class (text, image, theme, validation, queue): requests answered within "
+        "target over the last SLO_WINDOW_S"))
 
 
 class ServiceHeartbeat(_Outbound):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -50,6 +51,7 @@ class CallBudget:
 
     limit: int = DEFAULT_MAX_PROVIDER_CALLS
     used: int = 0
+    provider_s: float = 0.0  # time in this attempt's provider calls (slo.py's provider part)
 
     def spend(self, calls: int = 1) -> None:
         if self.used + calls > self.limit:
@@ -61,6 +63,15 @@ class CallBudget:
     @property
     def left(self) -> int:
         return max(0, self.limit - self.used)
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        """Around a provider call: its time goes to `provider_s`, failed or not."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.provider_s += time.monotonic() - started
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,7 @@ class Metered:
     async def run(self, job: ImageJob) -> tuple[list[Decoded], str]:
         self.calls.spend(provider_calls(self.provider.name, job))
         with tracing.stage("llm.provider.call", provider=self.provider.name,
-                           operation=job.operation, images=job.count):
+                           operation=job.operation, images=job.count), self.calls.timing():
             result = await self.provider.run(job)
         return (await asyncio.to_thread(_checked_all, result.images, self.provider.name),
                 result.model_used)

@@ -180,11 +180,13 @@ class MeteredText:
             scopes = model_scopes(self._guard.limits, model, job_tokens(job))
             await admit_within(self._guard, Ask(ticket.kind, "", tuple(scopes)), ticket.emit,
                                ticket)
-            return await self._inner.complete(job, sink)
+            with ticket.calls.timing():
+                return await self._inner.complete(job, sink)
         ticket.used = True
         restamp = asyncio.create_task(self._guard.admission.restamp(ticket.ask, ticket.admitted))
         try:
-            return await self._inner.complete(job, sink)
+            with ticket.calls.timing():
+                return await self._inner.complete(job, sink)
         finally:
             await restamp
 
