@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from llm_consumer.events import queue as qu
 from llm_consumer.events import requests as rq
 from llm_consumer.events import results as rs
 
@@ -25,6 +26,10 @@ JOB_STATUS = "job.status"
 RATE_LIMIT_WARNING = "rate_limit.warning"
 RATE_LIMIT_EXCEEDED = "rate_limit.exceeded"
 SERVICE_HEARTBEAT = "service.heartbeat"
+QUEUE_STATUS = "queue.status"
+QUEUE_STATUS_REPORTED = "queue.status.reported"
+JOB_PRIORITIZE = "job.prioritize"
+JOB_PRIORITIZED = "job.prioritized"
 
 Direction = Literal["request", "control", "result", "notice"]
 
@@ -69,6 +74,18 @@ EVENTS: dict[str, EventSpec] = {
                   "A rate-limit scope is exhausted."),
         EventSpec(SERVICE_HEARTBEAT, rs.ServiceHeartbeat, "notice", None,
                   "Liveness and load of one instance."),
+        EventSpec(QUEUE_STATUS, qu.QueueStatus, "control",
+                  ("llm:content", "llm:image", "llm:admin"),
+                  "Queue depth by priority, in flight, deferred, dead letters, and where one "
+                  "request is: the caller's own, or everything with llm:admin."),
+        EventSpec(JOB_PRIORITIZE, qu.JobPrioritize, "control",
+                  ("llm:content", "llm:image", "llm:admin"),
+                  "Move a queued request to another priority: the caller's own, or any with "
+                  "llm:admin; it still runs once."),
+        EventSpec(QUEUE_STATUS_REPORTED, qu.QueueStatusReported, "notice", None,
+                  "The answer to a queue.status."),
+        EventSpec(JOB_PRIORITIZED, qu.JobPrioritized, "notice", None,
+                  "The answer to a job.prioritize."),
     )
 }
 
