@@ -90,8 +90,8 @@ class Settings(BaseSettings):
         True, description="keep an index of queued requests (a second queue bound like the "
         "work queue, read into Redis) for queue.status and job.prioritize")
     queue_index_max_length: int = Field(
-        100_000, ge=1, description="bound of the index queue, and of the indexed requests per "
-        "priority")
+        10_000, ge=1, description="bound of the index queue and of the requests indexed in "
+        "Redis (each with its body up to QUEUE_INDEX_MAX_BODY_BYTES); more are not counted")
     queue_index_ttl_s: int = Field(
         3600, ge=60, description="a request queued longer leaves the index (not the work queue)")
     queue_index_max_body_bytes: int = Field(

@@ -149,6 +149,7 @@ class QueueIndex:
                 await message.ack()
 
     def _entry(self, message: AbstractIncomingMessage) -> Entry | None:
+        queued_us = time.time_ns() // 1000  # read in delivery order, before any await
         headers = message.headers or {}
         try:  # what the worker will check first: a copy it would refuse is not counted
             principal = self._verifier.verify_header(headers)
@@ -159,12 +160,10 @@ class QueueIndex:
         except RejectedMessage:
             return None
         env = parsed.envelope
-        stamp = message.timestamp
-        queued_ms = int((stamp.timestamp() if stamp else time.time()) * 1000)
         body = message.body if len(message.body) <= self._max_body_bytes else None
         return Entry(key=RequestOwner(principal.subject, env.source).key(env.id),
                      owner=owner_digest(principal.subject), request_id=env.id,
-                     priority=message.priority or 0, queued_ms=queued_ms, body=body,
+                     priority=message.priority or 0, queued_us=queued_us, body=body,
                      authorization=_authorization(headers), reply_to=message.reply_to or "")
 
     # -- the worker's path ----------------------------------------------------------------------
@@ -227,8 +226,8 @@ class QueueIndex:
 
     async def _locate(self, request_id: str, key: str, found: Located | None) -> RequestPosition:
         if found is not None and found.priority is not None:
-            queued_s = (max(0.0, time.time() - found.queued_ms / 1000)
-                        if found.queued_ms is not None else None)
+            queued_s = (max(0.0, time.time() - found.queued_us / 1e6)
+                        if found.queued_us is not None else None)
             return RequestPosition(
                 request_id=request_id, state="queued", priority=found.priority,
                 attempt=found.attempt or 0, position=found.position,

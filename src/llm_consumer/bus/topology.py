@@ -30,7 +30,7 @@ DELAY_STEPS_S: tuple[int, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
 UNROUTED_MAX_LENGTH = 100_000
 DEAD_LETTER_MAX_LENGTH = 100_000
 DELIVERY_LIMIT = 5
-INDEX_MAX_LENGTH = 100_000
+INDEX_MAX_LENGTH = 10_000
 INDEX_TTL_S = 3600
 QueueType = Literal["classic", "quorum"]
 # Arguments that only say how a queue is replicated or how poison messages end: a queue the

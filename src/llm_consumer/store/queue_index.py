@@ -6,7 +6,9 @@ Redis Cluster (like the limiter's `{limits}`, it puts the index on one shard). P
 - `rec:<request>`: a hash (id, owner, priority, queued time, the body when it is at most
   QUEUE_INDEX_MAX_BODY_BYTES, its authorization and reply_to), expiring after QUEUE_INDEX_TTL_S;
 - a sorted set per band for everyone (`all:<p>`) and per owner (`own:<owner digest>:<p>`),
-  scored by arrival (ms): members older than the TTL are not counted and are trimmed on add;
+  scored by arrival (µs, when the index consumer reads the copy, in delivery order: an AMQP
+  timestamp has whole seconds); members older than the TTL are not counted, and are trimmed
+  on add;
 - `go:<request>`: the request has started (its attempt); an index copy read after that is
   not added;
 - `sup:<request>`: the copy id of a re-prioritized request's live copy: any other copy of it
@@ -38,19 +40,24 @@ CONTROL_ONCE_TTL_S = 600
 T = TypeVar("T")
 
 ADD_SCRIPT = """
--- KEYS: rec, go, all band, own band; ARGV: request key, score (ms), ttl (s), cutoff (ms),
--- max entries per band, then field/value pairs of the record
+-- KEYS: rec, go, own band, all:0..9; ARGV: request key, score (µs), ttl (s), cutoff (µs),
+-- max entries (every band), band, then field/value pairs of the record
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local band = KEYS[4 + tonumber(ARGV[6])]
+local total = 0
+for i = 4, 13 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[4])
+  total = total + redis.call('ZCARD', KEYS[i])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[4])
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return -1 end
+if total >= tonumber(ARGV[5]) then return -1 end
+redis.call('ZADD', band, ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 local ttl = tonumber(ARGV[3])
 redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', band, ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('EXPIRE', KEYS[4], ttl)
 return 1
 """
 
@@ -68,7 +75,7 @@ return 1
 """
 
 PRIORITIZE_SCRIPT = """
--- KEYS: rec, sup, all:0..9, own:0..9; ARGV: request key, new priority, copy id, now (ms),
+-- KEYS: rec, sup, all:0..9, own:0..9; ARGV: request key, new priority, copy id, now (µs),
 -- ttl (s). Returns {outcome, old priority, body, authorization, reply_to}.
 local rec = KEYS[1]
 if redis.call('EXISTS', rec) == 0 then return {'not_found'} end
@@ -95,7 +102,7 @@ return 0
 """
 
 STATUS_SCRIPT = """
--- KEYS: all:0..9, own:0..9 (or all:0..9 again for everyone), rec, go; ARGV: cutoff (ms).
+-- KEYS: all:0..9, own:0..9 (or all:0..9 again for everyone), rec, go; ARGV: cutoff (µs).
 -- Returns {count per band of KEYS[11..20]..., target priority, target arrival, position in
 -- band, ahead in higher bands, attempt when started}; -1 where unknown.
 local counts = {}
@@ -105,8 +112,9 @@ end
 local prio, at, in_band, higher = -1, -1, -1, -1
 if redis.call('EXISTS', KEYS[21]) == 1 then
   prio = tonumber(redis.call('HGET', KEYS[21], 'prio'))
-  at = tonumber(redis.call('HGET', KEYS[21], 'at'))
-  in_band = redis.call('ZCOUNT', KEYS[1 + prio], ARGV[1], '(' .. at)
+  local raw = redis.call('HGET', KEYS[21], 'at')  -- as a string: '..' on a number rounds
+  at = tonumber(raw)
+  in_band = redis.call('ZCOUNT', KEYS[1 + prio], ARGV[1], '(' .. raw)
   higher = 0
   for p = prio + 1, 9 do
     higher = higher + redis.call('ZCOUNT', KEYS[1 + p], ARGV[1], '+inf')
@@ -139,7 +147,7 @@ class Entry:
     owner: str  # owner_digest of the token `sub`
     request_id: str
     priority: int
-    queued_ms: int
+    queued_us: int
     body: bytes | None  # None: over the body bound (it cannot be re-published)
     authorization: str
     reply_to: str
@@ -158,7 +166,7 @@ class Prioritized:
 @dataclass(frozen=True, slots=True)
 class Located:
     priority: int | None
-    queued_ms: int | None
+    queued_us: int | None
     ahead_in_band: int | None
     ahead_in_higher: int | None
     attempt: int | None  # set once the request started
@@ -211,25 +219,25 @@ class QueueIndexStore:
     def _inflight(self) -> str:
         return f"{self._base}inflight"
 
-    def _cutoff(self, now_ms: int) -> int:
-        return now_ms - self.ttl_s * 1000
+    def _cutoff(self, now_us: int) -> int:
+        return now_us - self.ttl_s * 1_000_000
 
     # -- the index consumer ---------------------------------------------------------------------
 
     async def add(self, entry: Entry) -> int:
-        """Record a queued request: 1 added, 0 known or already started, -1 band full.
-        Raises RedisError."""
+        """Record a queued request: 1 added, 0 known or already started, -1 the index is
+        full (QUEUE_INDEX_MAX_LENGTH requests in all). Raises RedisError."""
         band = band_of(entry.priority)
         fields: list[str | bytes | int] = [
-            "id", entry.request_id, "owner", entry.owner, "prio", band, "at", entry.queued_ms,
-            "first", entry.queued_ms, "auth", entry.authorization, "reply_to", entry.reply_to,
+            "id", entry.request_id, "owner", entry.owner, "prio", band, "at", entry.queued_us,
+            "first", entry.queued_us, "auth", entry.authorization, "reply_to", entry.reply_to,
             "body", entry.body or b""]
-        now_ms = int(time.time() * 1000)
+        now_us = time.time_ns() // 1000
         return int(await self._add(
-            keys=[self.record(entry.key), self._go(entry.key), self._all(band),
-                  self._own(entry.owner, band)],
-            args=[entry.key, entry.queued_ms, self.ttl_s, self._cutoff(now_ms),
-                  self._max_entries, *fields]))
+            keys=[self.record(entry.key), self._go(entry.key), self._own(entry.owner, band),
+                  *self._bands_all()],
+            args=[entry.key, entry.queued_us, self.ttl_s, self._cutoff(now_us),
+                  self._max_entries, band, *fields]))
 
     # -- the worker's path ----------------------------------------------------------------------
 
@@ -262,10 +270,10 @@ class QueueIndexStore:
     async def prioritize(self, key: str, owner: str, priority: int) -> Prioritized:
         """Move `key` to `priority` and supersede its other copies. Raises RedisError."""
         copy_id = secrets.token_hex(16)
-        now_ms = int(time.time() * 1000)
+        now_us = time.time_ns() // 1000
         found = await self._prioritize(
             keys=[self.record(key), self._sup(key), *self._bands_all(), *self._bands(owner)],
-            args=[key, priority, copy_id, now_ms, self.ttl_s])
+            args=[key, priority, copy_id, now_us, self.ttl_s])
         outcome = _text(found[0])
         previous = int(found[1]) if len(found) > 1 else None
         if outcome != "accepted":
@@ -280,12 +288,12 @@ class QueueIndexStore:
     async def depths(self, owner: str | None, target: str | None) -> Depths:
         """Queued per band (an owner's, or everyone's for None) and where `target` stands
         among everyone's. Raises RedisError."""
-        now_ms = int(time.time() * 1000)
+        now_us = time.time_ns() // 1000
         scope = self._bands(owner) if owner is not None else self._bands_all()
         record = self.record(target) if target else self.record("-")
         go = self._go(target) if target else self._go("-")
         raw = [int(x) for x in await self._status(
-            keys=[*self._bands_all(), *scope, record, go], args=[self._cutoff(now_ms)])]
+            keys=[*self._bands_all(), *scope, record, go], args=[self._cutoff(now_us)])]
 
         def known(value: int) -> int | None:
             return None if value < 0 else value
