@@ -254,8 +254,11 @@ class QueueIndex:
         topo = self._topology
 
         async def depth(name: str) -> int:
-            queue = await channel.declare_queue(name, passive=True)
-            return int(queue.declaration_result.message_count or 0)
+            # On the AMQP channel itself: a robust channel answers a passive declare of a
+            # queue it declared before from its cache, with that first count.
+            underlay = await channel.get_underlay_channel()
+            declared = await underlay.queue_declare(name, passive=True)
+            return int(declared.message_count or 0)
 
         delays = {step: await depth(spec.name) for step, spec in topo.delays}
         waiting = {str(step): count for step, count in delays.items() if count}

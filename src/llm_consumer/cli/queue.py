@@ -98,7 +98,8 @@ def _shown(value: object) -> str:
 def _show_status(data: dict[str, Any]) -> None:
     scope = "every caller's" if data.get("scope") == "all" else "your"
     bands = data.get("bands") or []
-    show_rows(f"queued ({scope} requests): {data.get('queued')}", ("priority", "queued"),
+    console.print(Text(f"queued, {scope} requests: {data.get('queued')}"))
+    show_rows("by priority", ("priority", "queued"),
               [[str(b["priority"]), str(b["queued"])] for b in bands] or [["-", "0"]],
               right=frozenset({"priority", "queued"}))
     broker = data.get("broker", {})

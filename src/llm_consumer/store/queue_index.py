@@ -103,8 +103,8 @@ return 0
 
 STATUS_SCRIPT = """
 -- KEYS: all:0..9, own:0..9 (or all:0..9 again for everyone), rec, go; ARGV: cutoff (µs).
--- Returns {count per band of KEYS[11..20]..., target priority, target arrival, position in
--- band, ahead in higher bands, attempt when started}; -1 where unknown.
+-- Returns {count per band of KEYS[11..20]..., target priority, target first queued, ahead in
+-- its band, ahead in higher bands, attempt when started}; -1 where unknown.
 local counts = {}
 for p = 0, 9 do
   counts[p + 1] = redis.call('ZCOUNT', KEYS[11 + p], ARGV[1], '+inf')
@@ -113,7 +113,7 @@ local prio, at, in_band, higher = -1, -1, -1, -1
 if redis.call('EXISTS', KEYS[21]) == 1 then
   prio = tonumber(redis.call('HGET', KEYS[21], 'prio'))
   local raw = redis.call('HGET', KEYS[21], 'at')  -- as a string: '..' on a number rounds
-  at = tonumber(raw)
+  at = tonumber(redis.call('HGET', KEYS[21], 'first'))  -- first queued (before any move)
   in_band = redis.call('ZCOUNT', KEYS[1 + prio], ARGV[1], '(' .. raw)
   higher = 0
   for p = prio + 1, 9 do
@@ -166,7 +166,7 @@ class Prioritized:
 @dataclass(frozen=True, slots=True)
 class Located:
     priority: int | None
-    queued_us: int | None
+    queued_us: int | None  # when it was first queued
     ahead_in_band: int | None
     ahead_in_higher: int | None
     attempt: int | None  # set once the request started
