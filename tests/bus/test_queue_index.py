@@ -156,6 +156,9 @@ async def test_callers_see_and_move_only_their_own_requests(openai_service: Any,
     assert mine.request is not None and mine.request.state == "queued"
     # behind both of alice's priority-5 requests, and every earlier priority-0 one (hers)
     assert (mine.request.ahead_in_higher, mine.request.ahead_in_band) == (2, 2)
+    carol = await status(settings, token("llm:content", subject="carol"), blocker[0]["id"])
+    assert carol.request is not None
+    assert (carol.request.state, carol.request.attempt) == ("running", 0)
     theirs = await status(settings, bob)
     assert [(b.priority, b.queued) for b in theirs.bands] == [(0, 4)]
 

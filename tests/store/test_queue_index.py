@@ -84,3 +84,10 @@ def test_a_copy_id_counts_only_with_the_service_signature() -> None:
     assert signer.read("req-1", {**headers, "x-llm-copy": "copy-2"}) == ""
     assert signer.read("req-1", {"x-llm-copy": "copy-1"}) == ""
     assert CopySigner(b"x" * 32).read("req-1", headers) == ""
+
+
+async def test_a_control_event_is_answered_once(redis: aioredis.Redis, keys: Keys) -> None:
+    index = store(redis, keys)
+    name = RequestOwner("alice", "/peer").key("status-1")
+    assert [await index.once(name) for _ in range(3)] == [True, False, False]
+    assert await index.once(RequestOwner("bob", "/peer").key("status-1")) is True
