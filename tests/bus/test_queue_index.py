@@ -195,3 +195,47 @@ async def test_callers_see_and_move_only_their_own_requests(openai_service: Any,
     moved = await status(settings, admin)
     assert [(b.priority, b.queued) for b in moved.bands] == [(9, 1), (5, 2), (0, 6)]
     assert moved.broker.work_queue == 10  # the broker holds the new copy and the old one
+
+
+def controls_settled() -> float:
+    return metrics.REQUESTS.labels("none", "control")._value.get()
+
+
+async def test_two_replicas_answer_each_control_event_once(openai_service: Any,
+                                                           fake_openai: Any) -> None:
+    fake_openai.responder = lambda body: Reply(
+        None, delay_s=120 if "Blocker" in json.dumps(body) else 0)
+    first: Service = await openai_service(concurrency=1, heartbeat_every_s=0.5,
+                                          shutdown_grace_s=0.5, **NO_LIMITS)
+    settings = first.settings
+    second = Service(settings.model_copy(update={"instance_id": settings.instance_id + "-b"}))
+    await second.start()
+    try:
+        alice = token("llm:content", subject="alice")
+        blockers = [build_request("world.location", {"context": {"name": f"Blocker-{i}"},
+                                                     "cache": False}) for i in range(2)]
+        queued = [build_request("world.location", {"context": {"name": f"alice-{i}"},
+                                                   "cache": False}) for i in range(3)]
+        await publish_all(settings, blockers, token("llm:content", subject="carol"), 0)
+        await publish_all(settings, queued, alice, 0)
+        admin = token(*ALL_SCOPES, subject="ops")
+        both_busy = await status_until(settings, admin,
+                                       lambda s: s.queued == 3 and s.in_flight == 2)
+        assert set(both_busy.in_flight_by_instance) == {settings.instance_id,
+                                                        second.settings.instance_id}
+        async with tap(settings, "#") as hub:
+            settled = controls_settled()
+            answer = await prioritize(settings, alice, queued[2]["id"], 9)
+            asked = await status(settings, alice, queued[2]["id"])
+            async with asyncio.timeout(30):  # each replica has settled both control events
+                while controls_settled() < settled + 4:
+                    await asyncio.sleep(0.05)
+            await hub.wait_for(catalog.JOB_PRIORITIZED, queued[2]["id"])
+            await hub.wait_for(catalog.QUEUE_STATUS_REPORTED)
+            await asyncio.sleep(0.3)  # room for a second answer, were there one
+        assert answer["data"]["outcome"] == "accepted"
+        assert asked.request is not None and asked.request.position == 0
+        assert len(hub.of_type(catalog.JOB_PRIORITIZED, queued[2]["id"])) == 1
+        assert len(hub.of_type(catalog.QUEUE_STATUS_REPORTED)) == 1
+    finally:
+        await second.close()
