@@ -192,6 +192,12 @@ async def test_callers_see_and_move_only_their_own_requests(openai_service: Any,
                                          alice_low[2]["id"], "9", "--subject", "alice")
     assert code == 0, stderr
     assert "priority 0 -> 9, position now 0" in " ".join(stdout.split())
+    code, stdout, stderr = await run_cli(env, "queue", "status", "--request-id",
+                                         alice_low[2]["id"], "--token", alice)
+    assert code == 0, stderr
+    shown_text = " ".join(stdout.split())
+    assert "queued, your requests: 5" in shown_text
+    assert f"{alice_low[2]['id']}: queued, position 0" in shown_text
     moved = await status(settings, admin)
     assert [(b.priority, b.queued) for b in moved.bands] == [(9, 1), (5, 2), (0, 6)]
     assert moved.broker.work_queue == 10  # the broker holds the new copy and the old one
