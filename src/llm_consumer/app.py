@@ -291,7 +291,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                                  audience=settings.jwt_audience, issuer=settings.jwt_issuer,
                                  leeway_s=settings.jwt_leeway_s,
                                  max_lifetime_s=settings.max_token_lifetime_s)
-        queue_index = build_queue_index(settings, redis, broker.topology, verifier)
+        queue_index = build_queue_index(settings, redis, broker.topology, verifier, rules)
         publisher = Publisher(broker.channel, broker.hub, broker.topology,
                               broker.dead_letter_exchange, signer=rules.signer,
                               notices=(broker.notice_channel, broker.notice_hub))
@@ -347,7 +347,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
 
 
 def build_queue_index(settings: Settings, redis: RedisClient, topology: Topology,
-                      verifier: TokenVerifier) -> QueueIndex | None:
+                      verifier: TokenVerifier, rules: CallerRules) -> QueueIndex | None:
     """The queue index (queue.status, job.prioritize), when QUEUE_INDEX is on."""
     if not settings.queue_index:
         return None
@@ -358,7 +358,8 @@ def build_queue_index(settings: Settings, redis: RedisClient, topology: Topology
                       instance=settings.instance_id,
                       max_message_bytes=settings.max_message_bytes,
                       max_body_bytes=settings.queue_index_max_body_bytes,
-                      live_within_s=3 * settings.heartbeat_every_s)
+                      live_within_s=3 * settings.heartbeat_every_s,
+                      policies=(rules.replies, rules.models))
 
 
 async def _serve_queue_index(broker: Broker, queue_index: QueueIndex, consumer: Consumer,

@@ -22,7 +22,7 @@ from tests.cli.test_dlq import cli_env
 from tests.cli.test_inject import run_cli
 from tests.conftest import ALL_SCOPES, HUB_URL, SECRET, Service, token
 from tests.fakes.openai_server import Reply
-from tests.hub import tap
+from tests.hub import publish_raw, tap
 
 NO_LIMITS: dict[str, Any] = {
     "rate_limit_global": "off", "rate_limit_user": "off", "rate_limit_text": "off",
@@ -140,6 +140,15 @@ async def test_callers_see_and_move_only_their_own_requests(openai_service: Any,
     async with tap(settings, catalog.JOB_STATUS) as hub:
         await publish_all(settings, blocker, token("llm:content", subject="carol"), priority=0)
         await hub.wait_for(catalog.JOB_STATUS, blocker[0]["id"])  # it runs: the worker is busy
+    # two the worker will refuse (a model not offered, a reply_to it does not answer into):
+    # the broker holds them, the index does not count them
+    unlisted = build_request("world.location", {"context": {"name": "x"},
+                                                "model": {"name": "gpt-unlisted"}})
+    await publish_all(settings, [unlisted], alice, priority=0)
+    await publish_raw(settings, orjson.dumps(requests("alice", 1)[0]),
+                      routing_key=catalog.CONTENT_REQUESTED,
+                      headers={"authorization": f"Bearer {alice}"},
+                      reply_to=settings.queue_prefix + "dead")
     await publish_all(settings, alice_low, alice, priority=0)
     await publish_all(settings, bob_low, bob, priority=0)
     await publish_all(settings, alice_high, alice, priority=5)
@@ -148,7 +157,7 @@ async def test_callers_see_and_move_only_their_own_requests(openai_service: Any,
     assert everyone.scope == "all"
     assert [(b.priority, b.queued) for b in everyone.bands] == [(5, 2), (0, 7)]
     assert everyone.in_flight_by_instance == {settings.instance_id: 1}
-    assert everyone.broker.work_queue == 9 and everyone.broker.dead_letters == 0
+    assert everyone.broker.work_queue == 11 and everyone.broker.dead_letters == 0
     mine = await status(settings, alice, alice_low[2]["id"])
     assert (mine.scope, mine.queued) == ("own", 5)
     assert [(b.priority, b.queued) for b in mine.bands] == [(5, 2), (0, 3)]
@@ -200,7 +209,7 @@ async def test_callers_see_and_move_only_their_own_requests(openai_service: Any,
     assert f"{alice_low[2]['id']}: queued, position 0" in shown_text
     moved = await status(settings, admin)
     assert [(b.priority, b.queued) for b in moved.bands] == [(9, 1), (5, 2), (0, 6)]
-    assert moved.broker.work_queue == 10  # the broker holds the new copy and the old one
+    assert moved.broker.work_queue == 12  # the broker holds the new copy and the old one
 
 
 def controls_settled() -> float:

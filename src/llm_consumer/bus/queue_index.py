@@ -49,7 +49,9 @@ from llm_consumer.events.queue import (
     RequestPosition,
     RequestState,
 )
+from llm_consumer.events.requests import ContentRequested, ImageRequested
 from llm_consumer.identity import RequestOwner
+from llm_consumer.policy import ModelPolicy, ReplyPolicy
 from llm_consumer.store.queue_index import (
     BANDS,
     Entry,
@@ -119,8 +121,10 @@ class QueueIndex:
 
     def __init__(self, store: QueueIndexStore, topology: Topology, *, verifier: TokenVerifier,
                  signer: CopySigner, instance: str, max_message_bytes: int,
-                 max_body_bytes: int, live_within_s: float) -> None:
+                 max_body_bytes: int, live_within_s: float,
+                 policies: tuple[ReplyPolicy, ModelPolicy] | None = None) -> None:
         self.store = store
+        self._policies = policies
         self._topology = topology
         self._verifier = verifier
         self._signer = signer
@@ -157,6 +161,11 @@ class QueueIndex:
                            max_bytes=self._max_message_bytes)
             assert parsed.spec.permission is not None
             require(principal, parsed.spec.permission)
+            if self._policies is not None:
+                replies, models = self._policies
+                replies.check(message.reply_to)
+                if isinstance(parsed.data, ContentRequested | ImageRequested):
+                    models.check(parsed.data)
         except RejectedMessage:
             return None
         env = parsed.envelope
