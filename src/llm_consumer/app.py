@@ -27,6 +27,7 @@ from llm_consumer.bus.consumer import CallerRules, Consumer, ConsumerConfig
 from llm_consumer.bus.declare import check_topology
 from llm_consumer.bus.nodes import connect_nodes
 from llm_consumer.bus.publisher import Publisher
+from llm_consumer.bus.queue_index import INDEX_PREFETCH, CopySigner, QueueIndex
 from llm_consumer.bus.retry_state import RetrySigner
 from llm_consumer.bus.topology import Topology, build_topology
 from llm_consumer.events.envelope import new_event
@@ -55,6 +56,7 @@ from llm_consumer.store.health import RedisHealth
 from llm_consumer.store.jobs import JobLedger
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.limits_config import LimitsConfig, parse_model_rates, parse_rate
+from llm_consumer.store.queue_index import QueueIndexStore
 from llm_consumer.store.usage import Price
 
 log = structlog.get_logger("llm_consumer.app")
@@ -103,7 +105,10 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         topology = build_topology(settings.queue_prefix, settings.hub_exchange,
                                   dead_letter_max_length=settings.dead_letter_max_length,
                                   queue_type=settings.queue_type,
-                                  delivery_limit=settings.delivery_limit)
+                                  delivery_limit=settings.delivery_limit,
+                                  index=settings.queue_index,
+                                  index_max_length=settings.queue_index_max_length,
+                                  index_ttl_s=settings.queue_index_ttl_s)
         hub, dlx = await declare_topology(connection, channel, topology)
         notice_channel = await connection.channel(publisher_confirms=False)
         notices = await notice_channel.get_exchange(topology.hub_exchange, ensure=False)
@@ -283,6 +288,11 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         if simpler is not None:
             stack.push_async_callback(simpler.aclose)
         rules = caller_rules(settings)
+        verifier = TokenVerifier(settings.secret,
+                                 audience=settings.jwt_audience, issuer=settings.jwt_issuer,
+                                 leeway_s=settings.jwt_leeway_s,
+                                 max_lifetime_s=settings.max_token_lifetime_s)
+        queue_index = build_queue_index(settings, redis, broker.topology, verifier, rules)
         publisher = Publisher(broker.channel, broker.hub, broker.topology,
                               broker.dead_letter_exchange, signer=rules.signer,
                               notices=(broker.notice_channel, broker.notice_hub))
@@ -304,16 +314,17 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
             ),
             publisher=publisher,
             ledger=ledger,
-            verifier=TokenVerifier(settings.secret,
-                                   audience=settings.jwt_audience, issuer=settings.jwt_issuer,
-                                   leeway_s=settings.jwt_leeway_s,
-                                   max_lifetime_s=settings.max_token_lifetime_s),
+            verifier=verifier,
             rules=rules,
             deps=Deps(text=answering,
                       windows=context_windows(settings, text),
                       guard=guard, images=images),
+            queue_index=queue_index,
         )
         await _subscribe(broker, consumer, settings)
+        if queue_index is not None:
+            reporting = await _serve_queue_index(broker, queue_index, consumer, settings)
+            stack.push_async_callback(_stopped, reporting)
         if settings.metrics_port is not None:
             metrics.serve(settings.metrics_port, settings.metrics_host)
         probes = await _probes(settings, broker, ledger, guard, consumer, text.name,
@@ -337,6 +348,43 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         with contextlib.suppress(asyncio.CancelledError):
             await beats
     log.info("service.stopped")
+
+
+def build_queue_index(settings: Settings, redis: RedisClient, topology: Topology,
+                      verifier: TokenVerifier, rules: CallerRules) -> QueueIndex | None:
+    """The queue index (queue.status, job.prioritize), when QUEUE_INDEX is on."""
+    if not settings.queue_index:
+        return None
+    store = QueueIndexStore(redis, Keys(settings.redis_prefix), ttl_s=settings.queue_index_ttl_s,
+                            max_entries=settings.queue_index_max_length)
+    return QueueIndex(store, topology, verifier=verifier,
+                      signer=CopySigner(derive_key(settings.secret, "queue-copy")),
+                      instance=settings.instance_id,
+                      max_message_bytes=settings.max_message_bytes,
+                      max_body_bytes=settings.queue_index_max_body_bytes,
+                      live_within_s=3 * settings.heartbeat_every_s,
+                      policies=(rules.replies, rules.models))
+
+
+async def _serve_queue_index(broker: Broker, queue_index: QueueIndex, consumer: Consumer,
+                             settings: Settings) -> asyncio.Task[None]:
+    """Read the index copies on a channel of their own, and report this instance's running
+    requests; the task reporting them is returned."""
+    assert broker.topology.index is not None
+    channel = await broker.connection.channel(publisher_confirms=False)
+    await channel.set_qos(prefetch_count=INDEX_PREFETCH)
+    queue_index.attach(publishing=broker.channel,
+                       probing=await broker.connection.channel(publisher_confirms=False))
+    index = await channel.get_queue(broker.topology.index.name)
+    await index.consume(queue_index.on_index_copy)
+    return asyncio.create_task(queue_index.report_in_flight(
+        lambda: consumer.running, settings.heartbeat_every_s))
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _subscribe(broker: Broker, consumer: Consumer, settings: Settings) -> None:

@@ -85,6 +85,19 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(
         5, ge=1, le=1000, description="quorum queues: deliveries before a message is dead-lettered")
 
+    # Queue status and re-prioritizing (docs/operations.md)
+    queue_index: bool = Field(
+        True, description="keep an index of queued requests (a second queue bound like the "
+        "work queue, read into Redis) for queue.status and job.prioritize")
+    queue_index_max_length: int = Field(
+        10_000, ge=1, description="bound of the index queue and of the requests indexed in "
+        "Redis (each with its body up to QUEUE_INDEX_MAX_BODY_BYTES); more are not counted")
+    queue_index_ttl_s: int = Field(
+        3600, ge=60, description="a request queued longer leaves the index (not the work queue)")
+    queue_index_max_body_bytes: int = Field(
+        65_536, ge=0, le=1_048_576, description="larger requests are counted, but job.prioritize "
+        "cannot re-send them (too_large)")
+
     # Redis
     redis_url: str = Field(
         "redis://localhost:6379/0", description="redis://, rediss:// or unix:// URL (cluster: "

@@ -33,6 +33,7 @@ from llm_consumer.bus.outcome import (
     decide,
 )
 from llm_consumer.bus.publisher import BROKER_DOWN_ERRORS, Publisher, parked_dead_letter
+from llm_consumer.bus.queue_index import QueueIndex
 from llm_consumer.bus.retry_state import FIRST, RetrySigner, RetryState
 from llm_consumer.errors import (
     Forbidden,
@@ -45,6 +46,7 @@ from llm_consumer.errors import (
 from llm_consumer.events import catalog
 from llm_consumer.events.envelope import Envelope, new_event
 from llm_consumer.events.parsing import Parsed, parse, peek
+from llm_consumer.events.queue import JobPrioritize, QueueStatus
 from llm_consumer.events.requests import (
     CacheInvalidate,
     ContentRequested,
@@ -126,8 +128,10 @@ class Consumer:
         verifier: TokenVerifier,
         rules: CallerRules,
         deps: Deps,
+        queue_index: QueueIndex | None = None,
     ) -> None:
         self._config = config
+        self._queue_index = queue_index
         self._limits = Limits(config.max_attempts, config.max_defer_s)
         self._rules = rules
         self._publisher = publisher
@@ -143,6 +147,11 @@ class Consumer:
     @property
     def in_flight(self) -> int:
         return len(self._deliveries)
+
+    @property
+    def running(self) -> int:
+        """Requests whose handler runs here now (control events and settling not counted)."""
+        return len(self._running)
 
     async def subscribe(self, queue: AbstractQueue, *, exclusive: bool = False) -> None:
         tag = await queue.consume(self.on_message, exclusive=exclusive)
@@ -263,7 +272,7 @@ class Consumer:
                                               "llm.attempt": self._retry_state(message).attempt}):
             if parsed.spec.direction == "control":
                 try:
-                    await self._control(parsed, principal)
+                    await self._control(parsed, principal, reply_to)
                 except RejectedMessage as error:
                     await self._reject(message, error, reply_to=reply_to)
                     return error.code
@@ -318,6 +327,12 @@ class Consumer:
         delivery.kind, delivery.calls = data.kind.value, calls
         settle = _Settling(message, reply_to, state, calls)
         key = RequestOwner(principal.subject, env.source).key(env.id)
+        # Out of the queue index; a copy that job.prioritize replaced is acked unprocessed.
+        if self._queue_index is not None and not await self._queue_index.started(
+                message, principal, key, attempt):
+            log.info("request.superseded")
+            await message.ack()
+            return "superseded"
         if key in self._running:  # a redelivery while the first copy still runs here
             return await self._carry_out(settle, env, data, key, Busy(), [])
         # With the pipeline in front of the handler, the ledger claim rides on the request's
@@ -451,7 +466,8 @@ class Consumer:
 
     # -- control ----------------------------------------------------------------------------
 
-    async def _control(self, parsed: Parsed, principal: Principal) -> None:
+    async def _control(self, parsed: Parsed, principal: Principal,
+                       reply_to: str | None = None) -> None:
         data = parsed.data
         if isinstance(data, JobCancel):
             owner = cancel_target(data, parsed.envelope.source, principal)
@@ -469,6 +485,13 @@ class Consumer:
                        if guard is not None else 0)
             log.info("cache.invalidate", target_kind=kind, removed=removed,
                      handled_by_peer=removed is None, by=principal.subject)
+        elif isinstance(data, QueueStatus | JobPrioritize):
+            if self._queue_index is None:
+                raise InvalidRequest(f"{parsed.envelope.type} needs the queue index "
+                                     "(QUEUE_INDEX=true)")
+            answer = await self._queue_index.answer(parsed.envelope, data, principal)
+            if answer is not None:  # else another instance answers
+                await self._publish(*answer, cause=parsed.envelope, reply_to=reply_to)
         else:  # pragma: no cover - the catalog lists only these control types
             raise InvalidRequest(f"unhandled control event {parsed.envelope.type}")
 

@@ -30,6 +30,8 @@ DELAY_STEPS_S: tuple[int, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600)
 UNROUTED_MAX_LENGTH = 100_000
 DEAD_LETTER_MAX_LENGTH = 100_000
 DELIVERY_LIMIT = 5
+INDEX_MAX_LENGTH = 10_000
+INDEX_TTL_S = 3600
 QueueType = Literal["classic", "quorum"]
 # Arguments that only say how a queue is replicated or how poison messages end: a queue the
 # operator declared with other values of these (a quorum queue where the service would declare
@@ -61,10 +63,12 @@ class Topology:
     dead: QueueSpec
     unrouted: QueueSpec
     delays: tuple[tuple[int, QueueSpec], ...]
+    index: QueueSpec | None = None  # copies of every request, for queue.status (QUEUE_INDEX)
 
     @property
     def queues(self) -> tuple[QueueSpec, ...]:
-        return (self.work, self.dead, self.unrouted, *(q for _, q in self.delays))
+        index = (self.index,) if self.index is not None else ()
+        return (self.work, self.dead, self.unrouted, *(q for _, q in self.delays), *index)
 
     def delay_queue_for(self, seconds: float) -> tuple[int, QueueSpec]:
         """The shortest delay queue that waits at least `seconds` (the longest one past that)."""
@@ -96,7 +100,9 @@ def replicated(queue_type: QueueType, delivery_limit: int, *,
 def build_topology(prefix: str, hub_exchange: str, *,
                    dead_letter_max_length: int = DEAD_LETTER_MAX_LENGTH,
                    queue_type: QueueType = "classic",
-                   delivery_limit: int = DELIVERY_LIMIT) -> Topology:
+                   delivery_limit: int = DELIVERY_LIMIT, index: bool = True,
+                   index_max_length: int = INDEX_MAX_LENGTH,
+                   index_ttl_s: int = INDEX_TTL_S) -> Topology:
     dlx = f"{prefix}dlx"
     work_name = f"{prefix}requests"
     quorum = queue_type == "quorum"
@@ -155,4 +161,16 @@ def build_topology(prefix: str, hub_exchange: str, *,
             tolerated=REPLICATION_ARGUMENTS - {"x-overflow"},
         ),
         delays=delays,
+        # The broker fans a copy of each request into it (same bindings as the work queue);
+        # the service reads them into its queue index (bus/queue_index.py). Bounded, and a
+        # copy older than the index's TTL is of no use.
+        index=QueueSpec(
+            name=f"{work_name}.index",
+            arguments={"x-max-length": index_max_length, "x-overflow": "drop-head",
+                       "x-message-ttl": index_ttl_s * 1000, **without_dead_letters()},
+            bindings=tuple((hub_exchange, t) for t in sorted(REQUEST_TYPES)),
+            purpose="a copy of each request, read into the queue index (queue.status, "
+                    "job.prioritize)",
+            tolerated=REPLICATION_ARGUMENTS - {"x-overflow"},
+        ) if index else None,
     )

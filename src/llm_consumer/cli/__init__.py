@@ -15,6 +15,7 @@ from llm_consumer import __version__
 from llm_consumer.cli import cache as cache_commands
 from llm_consumer.cli import dlq as dlq_commands
 from llm_consumer.cli import docs as docs_commands
+from llm_consumer.cli import queue as queue_commands
 from llm_consumer.cli import requests as request_commands
 from llm_consumer.cli import service as service_commands
 from llm_consumer.cli.common import Exit, console, err, fail, no_color
@@ -44,6 +45,7 @@ request_commands.register(app)
 docs_commands.register(app)
 app.add_typer(dlq_commands.dlq_app, name="dlq")
 app.add_typer(cache_commands.cache_app, name="cache")
+app.add_typer(queue_commands.queue_app, name="queue")
 app.command()(cache_commands.usage)
 
 

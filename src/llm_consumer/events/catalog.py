@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from llm_consumer.events import queue as qu
 from llm_consumer.events import requests as rq
 from llm_consumer.events import results as rs
 
@@ -26,6 +27,10 @@ RATE_LIMIT_WARNING = "rate_limit.warning"
 RATE_LIMIT_EXCEEDED = "rate_limit.exceeded"
 SERVICE_HEARTBEAT = "service.heartbeat"
 SLO_WARNING = "slo.warning"
+QUEUE_STATUS = "queue.status"
+QUEUE_STATUS_REPORTED = "queue.status.reported"
+JOB_PRIORITIZE = "job.prioritize"
+JOB_PRIORITIZED = "job.prioritized"
 
 Direction = Literal["request", "control", "result", "notice"]
 
@@ -73,6 +78,18 @@ EVENTS: dict[str, EventSpec] = {
         EventSpec(SLO_WARNING, rs.SloWarning, "notice", None,
                   "A target class's share of requests within its latency target fell under "
                   "the warning level on one instance."),
+        EventSpec(QUEUE_STATUS, qu.QueueStatus, "control",
+                  ("llm:content", "llm:image", "llm:admin"),
+                  "Queue depth by priority, in flight, deferred, dead letters, and where one "
+                  "request is: the caller's own, or everything with llm:admin."),
+        EventSpec(JOB_PRIORITIZE, qu.JobPrioritize, "control",
+                  ("llm:content", "llm:image", "llm:admin"),
+                  "Move a queued request to another priority: the caller's own, or any with "
+                  "llm:admin; it still runs once."),
+        EventSpec(QUEUE_STATUS_REPORTED, qu.QueueStatusReported, "notice", None,
+                  "The answer to a queue.status."),
+        EventSpec(JOB_PRIORITIZED, qu.JobPrioritized, "notice", None,
+                  "The answer to a job.prioritize."),
     )
 }
 
