@@ -25,6 +25,7 @@ from llm_consumer import metrics, tracing
 from llm_consumer.auth import TokenVerifier
 from llm_consumer.bus.consumer import CallerRules, Consumer, ConsumerConfig
 from llm_consumer.bus.declare import check_topology
+from llm_consumer.bus.depth import queue_depth
 from llm_consumer.bus.nodes import connect_nodes
 from llm_consumer.bus.publisher import Publisher
 from llm_consumer.bus.queue_index import INDEX_PREFETCH, CopySigner, QueueIndex
@@ -417,8 +418,7 @@ async def _probes(settings: Settings, broker: Broker, ledger: JobLedger, guard: 
     async def depths() -> dict[str, int]:
         found = {}
         for name in watched:
-            queue = await probe_channel.declare_queue(name, passive=True)
-            found[name] = int(queue.declaration_result.message_count or 0)
+            found[name] = await queue_depth(probe_channel, name)
         return found
 
     def image_status(key: object) -> Status:

@@ -8,14 +8,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import orjson
 
+from llm_consumer import metrics
+from llm_consumer.bus.topology import build_topology
 from llm_consumer.client import build_request
 from llm_consumer.events import catalog
 from llm_consumer.events.results import ServiceHeartbeat
 from tests.cli.test_dlq import cli_env
 from tests.cli.test_inject import run_cli
-from tests.conftest import Service, token
+from tests.conftest import HUB_URL, Service, token
 from tests.hub import publish_raw, tap
 
 SHEET = {"context": {"name": "Mira", "class": "Rogue"}}
@@ -46,6 +49,32 @@ async def test_heartbeats_report_components_and_load(openai_service: Any,
     env = cli_env(service.settings) | {"HEALTH_FILE": str(health_file)}
     code, stdout, _ = await run_cli(env, "probe")
     assert code == 0 and stdout.startswith("ok:")
+
+
+async def test_heartbeats_follow_the_queue_depths(openai_service: Any) -> None:
+    """`llm_queue_depth` is read from the broker at every heartbeat, not once."""
+    service: Service = await openai_service(heartbeat_every_s=0.2)
+    dead = build_topology(service.settings.queue_prefix, service.settings.hub_exchange).dead.name
+
+    def depth() -> float | None:
+        return metrics.REGISTRY.get_sample_value("llm_queue_depth", {"queue": dead})
+
+    async def reported(count: int) -> None:
+        for _ in range(100):
+            if depth() == count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"llm_queue_depth of {dead} is {depth()}, not {count}")
+
+    await reported(0)
+    connection = await aio_pika.connect(HUB_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for _ in range(3):
+            await channel.default_exchange.publish(aio_pika.Message(b"{}"), routing_key=dead)
+        await reported(3)
+        await (await channel.declare_queue(dead, passive=True)).purge()
+    await reported(0)
 
 
 async def test_health_command_lists_instances_and_fails_without_any(

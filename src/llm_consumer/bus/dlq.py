@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, FieldValue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, FieldValue
 
 from llm_consumer.bus.publisher import (
     ERROR_CODE_HEADER,
@@ -156,6 +156,3 @@ async def replay(channel: AbstractChannel, topology: Topology, letters: list[Dea
     return replayed
 
 
-async def queue_depth(channel: AbstractChannel, queue_name: str) -> int:
-    queue: AbstractQueue = await channel.declare_queue(queue_name, passive=True)
-    return queue.declaration_result.message_count or 0

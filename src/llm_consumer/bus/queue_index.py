@@ -34,6 +34,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, FieldValue
 from aiormq.exceptions import PublishError
 
 from llm_consumer.auth import Principal, TokenVerifier, require
+from llm_consumer.bus.depth import queue_depth
 from llm_consumer.bus.topology import Topology
 from llm_consumer.errors import Forbidden, RejectedMessage
 from llm_consumer.events import catalog
@@ -263,11 +264,7 @@ class QueueIndex:
         topo = self._topology
 
         async def depth(name: str) -> int:
-            # On the AMQP channel itself: a robust channel answers a passive declare of a
-            # queue it declared before from its cache, with that first count.
-            underlay = await channel.get_underlay_channel()
-            declared = await underlay.queue_declare(name, passive=True)
-            return int(declared.message_count or 0)
+            return await queue_depth(channel, name)
 
         delays = {step: await depth(spec.name) for step, spec in topo.delays}
         waiting = {str(step): count for step, count in delays.items() if count}

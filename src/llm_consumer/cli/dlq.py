@@ -19,6 +19,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from llm_consumer.bus import dlq
+from llm_consumer.bus.depth import queue_depth
 from llm_consumer.bus.topology import build_topology
 from llm_consumer.cli.common import Exit, console, err, fail, json_line, load, run, show_rows
 from llm_consumer.client import open_hub, queue_exists
@@ -199,7 +200,7 @@ def dlq_purge(queue: QueueOpt = "dead",
 
 async def _depth(settings: Settings, name: str) -> int:
     async with _channel(settings, name) as channel:
-        return await dlq.queue_depth(channel, name)
+        return await queue_depth(channel, name)
 
 
 async def _purge(settings: Settings, name: str) -> int:
