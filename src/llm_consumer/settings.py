@@ -155,6 +155,21 @@ class Settings(BaseSettings):
         "defer", description="when every remote model of a request is open: defer it until "
         "the first half-opens, or answer with the embedded model (fallback_used)")
 
+    # Batch delivery (options.delivery: batch): OpenAI's Batch API at half the price.
+    batch_enabled: bool = Field(
+        True, description="requests may opt into batch delivery (OpenAI provider only; "
+        "false, or another provider: they answer in real time)")
+    batch_window_s: float = Field(
+        60.0, gt=0, le=86_400, description="a batch is sent once its oldest request has "
+        "waited this long")
+    batch_max_requests: int = Field(
+        1000, ge=1, le=50_000, description="... or once this many requests wait (the API "
+        "takes 50,000 per batch)")
+    batch_poll_s: float = Field(
+        60.0, gt=0, le=3600, description="seconds between two looks at an open batch")
+    batch_price_factor: float = Field(
+        0.5, gt=0, le=1, description="batch price as a share of PRICES (usage analytics)")
+
     # GetImg.AI
     getimg_api_key: SecretStr | None = Field(
         None, description="GetImg.AI key; unset: GetImg is off")
