@@ -16,12 +16,14 @@ from llm_consumer.client import build_request
 from llm_consumer.events import catalog
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.usage import read_usage, today
+from tests.bus.test_tracing import spans, trace_id_of, traceparent
 from tests.conftest import REDIS_URL, Service, token
 from tests.fakes.openai_server import FakeOpenAI, context_length_exceeded, reply
 from tests.hub import Tap, publish_raw, tap
 
 PRICE = {"prompt": 0.002, "completion": 0.008}  # USD per 1,000 tokens
 FAST = {"batch_window_s": 0.3, "batch_poll_s": 0.2, "prices": {"gpt-5-nano": PRICE}}
+__all__ = ["spans"]  # the span recorder fixture, so batch results carry the request's trace
 CONTEXT = {"context": {"name": "Mira Thornvale", "class": "Rogue"},
            "theme": {"preset": "dark-fantasy"}}
 
@@ -239,3 +241,29 @@ async def test_a_restart_while_a_batch_is_open(openai_service: Any,
         assert states(hub, request["id"]) == ["running", "batched", "completed"]
     assert len(fake_openai.batches) == 1
     assert fake_openai.chat_requests == []
+
+
+async def test_two_replicas_share_the_batches(openai_service: Any, fake_openai: FakeOpenAI,
+                                              spans: Any) -> None:
+    first: Service = await openai_service(**FAST, batch_max_requests=4)
+    second = Service(first.settings.model_copy(update={"instance_id": "test-replica-2"}))
+    await second.start()
+    trace_id, parent = traceparent()
+    try:
+        requests = [batch_request() for _ in range(4)]
+        requests[0]["traceparent"] = parent
+        async with tap(first.settings) as hub:
+            for request in requests:
+                await send(first, request)
+            for request in requests:
+                await hub.wait_for(catalog.CONTENT_GENERATED, request["id"])
+            await asyncio.sleep(1.0)
+    finally:
+        await second.close()
+    for request in requests:
+        assert len(hub.of_type(catalog.CONTENT_GENERATED, request["id"])) == 1
+        assert states(hub, request["id"]) == ["running", "batched", "completed"]
+    assert len(fake_openai.batches) == 1
+    assert paths(fake_openai).count("/v1/files") == 1
+    [result] = hub.of_type(catalog.CONTENT_GENERATED, requests[0]["id"])
+    assert trace_id_of(result["traceparent"]) == trace_id  # the request's own trace

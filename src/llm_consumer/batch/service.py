@@ -29,13 +29,14 @@ import orjson
 import structlog
 from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
-from llm_consumer import metrics
+from llm_consumer import metrics, tracing
 from llm_consumer.auth import Principal
 from llm_consumer.batch import Batched
 from llm_consumer.batch.store import Batch, BatchStore, Entry
 from llm_consumer.bus.publisher import Publisher
-from llm_consumer.errors import PermanentFailure, ServiceError
+from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.events import catalog
 from llm_consumer.events.content import CONTENT_MODELS
 from llm_consumer.events.envelope import Envelope, encode, new_event
@@ -62,6 +63,7 @@ from llm_consumer.store.usage import PendingUsage, Price, Use, increments, price
 log = structlog.get_logger(__name__)
 
 FLUSH_LOCK = "flush"
+RENEW_EVERY = 100  # entries published between two renewals of a batch's lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +161,11 @@ class BatchService:
             reply_to=request.reply_to or "", user=user_of(request),
             body=orjson.dumps(body).decode(), submitted_at=time.time(),
             attempt=request.attempt)
-        entry_id = await self.store.add(entry)
+        try:
+            entry_id = await self.store.add(entry)
+        except RedisError as error:  # the batch state lives in Redis: try again later
+            raise TransientFailure(f"batch delivery is unavailable (Redis: {error})",
+                                   code="provider_unavailable") from error
         log.info("batch.entry_added", entry=entry_id, model=entry.model,
                  new=entry_id == entry.id)
         raise Batched(entry_id)
@@ -190,6 +196,8 @@ class BatchService:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
+            except RedisError as error:  # Redis is down: the state waits there for it
+                log.warning("batch.tick_failed", error=str(error))
             except Exception:
                 log.exception("batch.tick_failed")
             await asyncio.sleep(self.policy.tick_s)
@@ -216,10 +224,9 @@ class BatchService:
                 by_model[model].append(eid)
             for model, entries in by_model.items():
                 batch = await self.store.take(model, entries)
-                if batch is not None:
+                if batch is not None:  # submitted by `_tend`, under the batch's own lease
                     log.info("batch.flushed", batch=batch.id, model=model,
                              requests=len(batch.entries))
-                    await self._submit(batch)
         finally:
             await self.store.unlock(FLUSH_LOCK, self._instance)
 
@@ -287,7 +294,9 @@ class BatchService:
             log.warning("batch.download_failed", batch=batch.id, reason=error.message)
             return
         published = failed = 0
-        for entry_id in batch.entries:
+        for done, entry_id in enumerate(batch.entries):
+            if done and done % RENEW_EVERY == 0:  # a large batch: keep this replica's lease
+                await self.store.renew(batch.id, self._instance, self.policy.lease_s)
             line = outputs.get(entry_id) or errors.get(entry_id)
             ok = await self._settle(entry_id, line, state)
             published += ok is True
@@ -306,6 +315,16 @@ class BatchService:
         entry = await self.store.entry(entry_id)
         if entry is None:
             return None
+        envelope = Envelope.model_validate_json(entry.envelope)
+        with tracing.request_span("llm.batch.result", tracing.incoming(envelope.model_extra, None),
+                                  queued_at=None, attributes={"messaging.message.id": envelope.id,
+                                                              "llm.kind": entry.kind}):
+            ok = await self._publish(entry, line, state)
+        await self.store.move(entry_id, "done")
+        return ok
+
+    async def _publish(self, entry: Entry, line: dict[str, Any] | None,
+                       state: BatchState) -> bool:
         outcome = _line_outcome(line, state)
         if isinstance(outcome, TextCompletion):
             replies_or_failure = await self._answer(entry, outcome)
@@ -313,12 +332,9 @@ class BatchService:
             replies_or_failure = outcome
         if isinstance(replies_or_failure, Failure):
             await self._fail(entry, replies_or_failure, state="failed")
-            ok = False
-        else:
-            await self._publish_result(entry, replies_or_failure)
-            ok = True
-        await self.store.move(entry_id, "done")
-        return ok
+            return False
+        await self._publish_result(entry, replies_or_failure)
+        return True
 
     async def _answer(self, entry: Entry, completion: TextCompletion) -> list[Reply] | Failure:
         """The realtime handler's replies for the batch's answer, or why there are none."""

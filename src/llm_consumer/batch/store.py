@@ -65,6 +65,11 @@ if ARGV[1] ~= 'publishing' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return state
 """
 
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -118,6 +123,7 @@ class BatchStore:
         self._take = redis.register_script(TAKE)
         self._move = redis.register_script(MOVE)
         self._unlock = redis.register_script(UNLOCK)
+        self._renew = redis.register_script(RENEW)
 
     def _open(self) -> str:
         return f"{self._base}open"
@@ -228,6 +234,10 @@ class BatchStore:
     async def lock(self, name: str, owner: str, ttl_s: float) -> bool:
         return bool(await self._redis.set(f"{self._base}lock:{name}", owner, nx=True,
                                           px=max(1, int(ttl_s * 1000))))
+
+    async def renew(self, name: str, owner: str, ttl_s: float) -> None:
+        await self._renew(keys=[f"{self._base}lock:{name}"],
+                          args=[owner, max(1, int(ttl_s * 1000))])
 
     async def unlock(self, name: str, owner: str) -> None:
         await self._unlock(keys=[f"{self._base}lock:{name}"], args=[owner])
