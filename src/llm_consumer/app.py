@@ -157,6 +157,7 @@ def build_batch_service(settings: Settings, text: TextProvider, publisher: Publi
         policy=BatchPolicy(window_s=settings.batch_window_s,
                            max_requests=settings.batch_max_requests,
                            poll_s=settings.batch_poll_s,
+                           max_bytes=settings.batch_max_bytes,
                            price_factor=settings.batch_price_factor))
 
 

@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     batch_max_requests: int = Field(
         1000, ge=1, le=50_000, description="... or once this many requests wait (the API "
         "takes 50,000 per batch)")
+    batch_max_bytes: int = Field(
+        100_000_000, ge=10_000, le=200_000_000, description="... or once their input file "
+        "would pass this size (the API takes 200 MB)")
     batch_poll_s: float = Field(
         60.0, gt=0, le=3600, description="seconds between two looks at an open batch")
     batch_price_factor: float = Field(

@@ -18,7 +18,13 @@ from llm_consumer.store.keys import Keys
 from llm_consumer.store.usage import read_usage, today
 from tests.bus.test_tracing import spans, trace_id_of, traceparent
 from tests.conftest import REDIS_URL, Service, token
-from tests.fakes.openai_server import FakeOpenAI, context_length_exceeded, reply
+from tests.fakes.openai_server import (
+    ErrorReply,
+    FakeOpenAI,
+    context_length_exceeded,
+    reply,
+    server_error,
+)
 from tests.hub import Tap, publish_raw, tap
 
 PRICE = {"prompt": 0.002, "completion": 0.008}  # USD per 1,000 tokens
@@ -226,6 +232,8 @@ async def test_a_restart_while_a_batch_is_open(openai_service: Any,
             await send(first, request)
         await until(lambda: any(b["status"] == "in_progress"
                                 for b in fake_openai.batches.values()))
+        await send(first, requests[0])  # re-sent while batched: told so, not batched twice
+        await hub.wait_for(catalog.JOB_STATUS, requests[0]["id"], count=3)
         await first.close()  # the batch is open at the provider, its state in Redis
         fake_openai.batch_ending = "completed"
         second = Service(first.settings.model_copy(update={"instance_id": "test-restarted"}))
@@ -238,7 +246,8 @@ async def test_a_restart_while_a_batch_is_open(openai_service: Any,
             await second.close()
     for request in requests:
         assert len(hub.of_type(catalog.CONTENT_GENERATED, request["id"])) == 1
-        assert states(hub, request["id"]) == ["running", "batched", "completed"]
+    assert states(hub, requests[0]["id"]) == ["running", "batched", "batched", "completed"]
+    assert states(hub, requests[1]["id"]) == ["running", "batched", "completed"]
     assert len(fake_openai.batches) == 1
     assert fake_openai.chat_requests == []
 
@@ -267,3 +276,38 @@ async def test_two_replicas_share_the_batches(openai_service: Any, fake_openai: 
     assert paths(fake_openai).count("/v1/files") == 1
     [result] = hub.of_type(catalog.CONTENT_GENERATED, requests[0]["id"])
     assert trace_id_of(result["traceparent"]) == trace_id  # the request's own trace
+
+
+async def test_an_upload_refused_and_one_retried(openai_service: Any,
+                                                 fake_openai: FakeOpenAI) -> None:
+    service: Service = await openai_service(**FAST)
+    fake_openai.upload_errors.extend([
+        ErrorReply(400, "File is too large.", "invalid_request_error"),
+        server_error(503), server_error(503)])
+    async with tap(service.settings) as hub:
+        refused = batch_request()
+        await send(service, refused)
+        [failed] = await hub.wait_for(catalog.GENERATION_FAILED, refused["id"])
+        retried = batch_request()
+        await send(service, retried)  # two 503s, then the upload goes through
+        await hub.wait_for(catalog.CONTENT_GENERATED, retried["id"])
+    assert failed["data"]["error"]["code"] == "invalid_request"
+    assert "File is too large" in failed["data"]["error"]["message"]
+    assert paths(fake_openai).count("/v1/files") == 4
+    assert len(fake_openai.batches) == 1
+
+
+async def test_an_input_file_is_bounded_in_bytes(openai_service: Any,
+                                                 fake_openai: FakeOpenAI) -> None:
+    service: Service = await openai_service(**{**FAST, "batch_window_s": 1.0},
+                                            batch_max_bytes=10_000)
+    big = {"context": {"text": "The knight rode into town. " * 250}}  # about 7 KB a line
+    requests = [batch_request("theme.apply", big) for _ in range(3)]
+    async with tap(service.settings) as hub:
+        for request in requests:
+            await send(service, request)
+        for request in requests:
+            await hub.wait_for(catalog.CONTENT_GENERATED, request["id"])
+    uploads = [f for f in fake_openai.files.values() if f.purpose == "batch"]
+    assert len(uploads) == 3  # one line each: two would pass 10,000 bytes
+    assert all(7_000 < len(f.content) <= 10_000 for f in uploads)

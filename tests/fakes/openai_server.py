@@ -393,6 +393,7 @@ class FakeOpenAI:
         self.files: dict[str, FakeFile] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.batch_ending = "completed"  # completed | failed | expired | hold
+        self.upload_errors: deque[ErrorReply] = deque()  # served to the next file uploads
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -564,6 +565,8 @@ class FakeOpenAI:
         self.requests.append(RecordedRequest(request.method, request.path,
                                              {k.lower(): v for k, v in request.headers.items()},
                                              {"purpose": purpose}))
+        if self.upload_errors:
+            return self._error_response(self.upload_errors.popleft())
         if not isinstance(upload, web.FileField) or purpose not in ("batch", "assistants",
                                                                    "fine-tune", "vision",
                                                                    "user_data", "evals"):

@@ -63,7 +63,10 @@ from llm_consumer.store.usage import PendingUsage, Price, Use, increments, price
 log = structlog.get_logger(__name__)
 
 FLUSH_LOCK = "flush"
+MAX_BATCH_AGE_S = 26 * 3600  # the 24 h window and two hours: then a batch that cannot be read
+# is given up as expired (its requests fail retryable) rather than polled for ever
 RENEW_EVERY = 100  # entries published between two renewals of a batch's lease
+LINE_OVERHEAD_BYTES = 120  # custom_id, method and url around a body in the input file
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class BatchPolicy:
     max_requests: int = 1000  # BATCH_MAX_REQUESTS
     poll_s: float = 60.0  # BATCH_POLL_S
     price_factor: float = 0.5  # BATCH_PRICE_FACTOR
+    max_bytes: int = 100_000_000  # BATCH_MAX_BYTES: of one input file (the API takes 200 MB)
 
     @property
     def tick_s(self) -> float:
@@ -160,7 +164,7 @@ class BatchService:
             permissions=orjson.dumps(sorted(request.principal.permissions)).decode(),
             reply_to=request.reply_to or "", user=user_of(request),
             body=orjson.dumps(body).decode(), submitted_at=time.time(),
-            attempt=request.attempt)
+            attempt=request.attempt, size=len(orjson.dumps(body)) + LINE_OVERHEAD_BYTES)
         try:
             entry_id = await self.store.add(entry)
         except RedisError as error:  # the batch state lives in Redis: try again later
@@ -220,8 +224,12 @@ class BatchService:
         try:
             ids = [eid for eid, _ in await self.store.waiting(policy.max_requests)]
             by_model: defaultdict[str, list[str]] = defaultdict(list)
-            for eid, model in (await self.store.models(ids)).items():
+            sizes: defaultdict[str, int] = defaultdict(int)
+            for eid, (model, size) in (await self.store.models(ids)).items():
+                if by_model[model] and sizes[model] + size > policy.max_bytes:
+                    continue  # the file is full: the next flush takes it
                 by_model[model].append(eid)
+                sizes[model] += size
             for model, entries in by_model.items():
                 batch = await self.store.take(model, entries)
                 if batch is not None:  # submitted by `_tend`, under the batch's own lease
@@ -238,9 +246,10 @@ class BatchService:
             batch = await self.store.batch(batch_id)
             if batch is None:
                 return
-            if batch.state == "new":
+            due = time.time() - batch.polled_at >= self.policy.poll_s
+            if batch.state == "new" and due:
                 await self._submit(batch)
-            elif time.time() - batch.polled_at >= self.policy.poll_s:
+            elif batch.state != "new" and due:
                 await self._poll(batch)
         finally:
             await self.store.unlock(batch_id, self._instance)
@@ -261,7 +270,12 @@ class BatchService:
             file_id, api_id = await self._client.submit(lines, metadata={"service_batch": batch.id})
         except ServiceError as error:
             log.warning("batch.submit_failed", batch=batch.id, code=error.code,
-                        reason=error.message)
+                        reason=error.message, retried=error.retryable)
+            if error.retryable:  # tried again BATCH_POLL_S later
+                await self.store.update(batch.id, polled_at=time.time())
+                return
+            refused = BatchState("", "failed", None, None, (f"{error.code}: {error.message}",))
+            await self._finished(batch, refused, download=False)
             return
         await self.store.update(batch.id, state="submitted", api_id=api_id, file_id=file_id,
                                 polled_at=time.time(), status="validating")
@@ -280,16 +294,23 @@ class BatchService:
             log.warning("batch.poll_failed", batch=batch.id, code=error.code,
                         reason=error.message)
             await self.store.update(batch.id, polled_at=time.time())
+            if time.time() - batch.created_at > MAX_BATCH_AGE_S:  # unreadable past its window
+                await self._finished(batch, BatchState(batch.api_id, "expired", None, None, ()),
+                                     download=False)
             return
         await self.store.update(batch.id, status=state.status, polled_at=time.time())
         log.info("batch.polled", batch=batch.id, api_batch=batch.api_id, status=state.status)
         if state.done:
             await self._finished(batch, state)
 
-    async def _finished(self, batch: Batch, state: BatchState) -> None:
+    async def _finished(self, batch: Batch, state: BatchState, *, download: bool = True,
+                        ) -> None:
+        outputs: dict[str, dict[str, Any]] = {}
+        errors: dict[str, dict[str, Any]] = {}
         try:
-            outputs = await self._client.lines(state.output_file_id)
-            errors = await self._client.lines(state.error_file_id)
+            if download:
+                outputs = await self._client.lines(state.output_file_id)
+                errors = await self._client.lines(state.error_file_id)
         except ServiceError as error:  # read again next poll
             log.warning("batch.download_failed", batch=batch.id, reason=error.message)
             return

@@ -92,6 +92,7 @@ class Entry:
     body: str  # the chat-completions body, JSON
     submitted_at: float  # epoch seconds
     attempt: int = 0
+    size: int = 0  # bytes of its line in the input file
     state: str = "open"
 
     def call_body(self) -> dict[str, Any]:
@@ -188,12 +189,13 @@ class BatchStore:
             self._open(), 0, limit - 1, withscores=True))
         return [(_text(eid), float(score) / 1000) for eid, score in rows]
 
-    async def models(self, entry_ids: list[str]) -> dict[str, str]:
+    async def models(self, entry_ids: list[str]) -> dict[str, tuple[str, int]]:
+        """Each entry's model and line size, in the order given (gone entries left out)."""
         found = {}
         for entry_id in entry_ids:
-            model = await self._redis.hget(self._entry(entry_id), "model")
+            model, size = await self._redis.hmget(self._entry(entry_id), ["model", "size"])
             if model is not None:
-                found[entry_id] = model.decode() if isinstance(model, bytes) else model
+                found[entry_id] = (_text(model), int(size or 0))
         return found
 
     # -- batches
