@@ -158,6 +158,7 @@ def build_batch_service(settings: Settings, text: TextProvider, publisher: Publi
                            max_requests=settings.batch_max_requests,
                            poll_s=settings.batch_poll_s,
                            max_bytes=settings.batch_max_bytes,
+                           priority_zero=settings.batch_priority_zero,
                            price_factor=settings.batch_price_factor))
 
 

@@ -170,6 +170,9 @@ class Settings(BaseSettings):
         "would pass this size (the API takes 200 MB)")
     batch_poll_s: float = Field(
         60.0, gt=0, le=3600, description="seconds between two looks at an open batch")
+    batch_priority_zero: bool = Field(
+        False, description="text requests sent with AMQP priority 0 go to batch delivery "
+        "unless their options.delivery says otherwise")
     batch_price_factor: float = Field(
         0.5, gt=0, le=1, description="batch price as a share of PRICES (usage analytics)")
 

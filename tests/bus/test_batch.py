@@ -41,9 +41,9 @@ def batch_request(kind: str = "character.backstory", data: dict[str, Any] | None
 
 
 async def send(service: Service, envelope: dict[str, Any], *, subject: str = "alice",
-               reply_to: str | None = None) -> None:
+               reply_to: str | None = None, priority: int | None = None) -> None:
     await publish_raw(service.settings, orjson.dumps(envelope),
-                      routing_key=envelope["type"], reply_to=reply_to,
+                      routing_key=envelope["type"], reply_to=reply_to, priority=priority,
                       headers={"authorization": f"Bearer {token('llm:content', subject=subject)}"})
 
 
@@ -311,3 +311,26 @@ async def test_an_input_file_is_bounded_in_bytes(openai_service: Any,
     uploads = [f for f in fake_openai.files.values() if f.purpose == "batch"]
     assert len(uploads) == 3  # one line each: two would pass 10,000 bytes
     assert all(7_000 < len(f.content) <= 10_000 for f in uploads)
+
+
+async def test_priority_zero_goes_to_batch_when_set(openai_service: Any,
+                                                    fake_openai: FakeOpenAI) -> None:
+    service: Service = await openai_service(**FAST, batch_priority_zero=True)
+    def named(name: str) -> dict[str, Any]:  # distinct: no cache or single-flight sharing
+        return {"context": {"name": name, "class": "Rogue"}}
+
+    idle = build_request("character.backstory", named("Idle"))
+    urgent = build_request("character.backstory", named("Urgent"))
+    insists = build_request("character.backstory",
+                            {**named("Insists"), "options": {"delivery": "realtime"}})
+    async with tap(service.settings) as hub:
+        await send(service, idle, priority=0)
+        await send(service, urgent, priority=5)
+        await send(service, insists, priority=0)
+        for request in (idle, urgent, insists):
+            await hub.wait_for(catalog.CONTENT_GENERATED, request["id"])
+    assert states(hub, idle["id"]) == ["running", "batched", "completed"]
+    assert states(hub, urgent["id"]) == ["running", "completed"]
+    assert states(hub, insists["id"]) == ["running", "completed"]
+    assert len(fake_openai.chat_requests) == 2  # the two realtime ones
+    assert len(fake_openai.batches) == 1

@@ -76,6 +76,7 @@ class BatchPolicy:
     poll_s: float = 60.0  # BATCH_POLL_S
     price_factor: float = 0.5  # BATCH_PRICE_FACTOR
     max_bytes: int = 100_000_000  # BATCH_MAX_BYTES: of one input file (the API takes 200 MB)
+    priority_zero: bool = False  # BATCH_PRIORITY_ZERO
 
     @property
     def tick_s(self) -> float:
@@ -150,9 +151,13 @@ class BatchService:
     # -- the desk ---------------------------------------------------------------------------
 
     def wants(self, request: Request) -> bool:
+        """Asked for (`options.delivery`), else priority 0 under BATCH_PRIORITY_ZERO."""
         data = request.data
-        return (isinstance(data, ContentRequested) and data.options is not None
-                and data.options.delivery == "batch")
+        if not isinstance(data, ContentRequested):
+            return False
+        if data.options is not None and "delivery" in data.options.model_fields_set:
+            return data.options.delivery == "batch"
+        return self.policy.priority_zero and request.priority == 0
 
     async def submit(self, request: Request, job: TextJob) -> None:
         body = self._body.batch_body(job)

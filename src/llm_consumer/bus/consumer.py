@@ -317,7 +317,8 @@ class Consumer:
                           emit=lambda t, d: self._publish(t, d, cause=env, reply_to=reply_to),
                           calls=calls, progress=self._config.progress,
                           claims_job=claims_in_job, on_running=running,
-                          seal=seal if claims_in_job else None, reply_to=reply_to)
+                          seal=seal if claims_in_job else None, reply_to=reply_to,
+                          priority=message.priority)
         if not claims_in_job:
             await running()
         result = await self._run_job(request, key)

@@ -118,6 +118,7 @@ class Request:
     # job ledger with its last Redis call (finish.lua) instead of a round trip of their own.
     seal: Callable[[list[Reply]], list[bytes]] | None = None
     reply_to: str | None = None  # the checked reply queue (batch delivery answers there later)
+    priority: int | None = None  # the message's AMQP priority (BATCH_PRIORITY_ZERO reads it)
 
     @property
     def id(self) -> str:
