@@ -70,7 +70,8 @@ async def until(check: Any, timeout_s: float = 30) -> None:
 
 
 async def test_a_batch_life_end_to_end(openai_service: Any, fake_openai: FakeOpenAI) -> None:
-    service: Service = await openai_service(**FAST, batch_max_requests=3)
+    service: Service = await openai_service(**FAST, batch_max_requests=3,
+                                            heartbeat_every_s=0.5)
     requests = [batch_request("character.backstory"), batch_request("world.location"),
                 batch_request("content.validate", {"context": {"content": {"name": "Mira"}}})]
     async with tap(service.settings) as hub, tap(service.settings, binding=None) as mine:
@@ -89,6 +90,11 @@ async def test_a_batch_life_end_to_end(openai_service: Any, fake_openai: FakeOpe
         # the re-sent request gets the stored answer: no new batch, no provider call
         await send(service, requests[0], reply_to=mine.queue_name)
         again = await mine.wait_for(catalog.CONTENT_GENERATED, requests[0]["id"], count=2)
+        beats = len(hub.of_type(catalog.SERVICE_HEARTBEAT))
+        [*_, beat] = await hub.wait_for(catalog.SERVICE_HEARTBEAT, count=beats + 1)
+    # a batched request is no error for the heartbeat's error rate
+    assert beat["data"]["metrics"]["processed"] == 4
+    assert beat["data"]["metrics"]["error_rate"] == 0
     assert again[1]["data"] == again[0]["data"]
     assert fake_openai.chat_requests == []  # every answer came through the batch
     assert paths(fake_openai).count("/v1/files") == 1

@@ -173,7 +173,7 @@ class Consumer:
         try:
             outcome = await self._settle(message)
             elapsed = time.monotonic() - started
-            self.stats.record(outcome in ("completed", "duplicate"), elapsed * 1000)
+            self.stats.record(outcome in ("completed", "duplicate", "batched"), elapsed * 1000)
             kind = str(structlog.contextvars.get_contextvars().get("kind") or "none")
             metrics.REQUESTS.labels(kind, outcome).inc()
             metrics.LATENCY.labels(kind).observe(elapsed)
