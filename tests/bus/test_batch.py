@@ -47,9 +47,11 @@ async def send(service: Service, envelope: dict[str, Any], *, subject: str = "al
                       headers={"authorization": f"Bearer {token('llm:content', subject=subject)}"})
 
 
-async def cancel(service: Service, request_id: str, *, subject: str) -> None:
+async def cancel(service: Service, request_id: str, *, subject: str,
+                 owner: str | None = None) -> None:
     event = build_request("x", {})
-    event.update(type="job.cancel", data={"request_id": request_id})
+    event.update(type="job.cancel", data={"request_id": request_id,
+                                          **({"subject": owner} if owner else {})})
     await publish_raw(service.settings, orjson.dumps(event), routing_key="job.cancel",
                       headers={"authorization": f"Bearer {token('llm:content', subject=subject)}"})
 
@@ -120,6 +122,11 @@ async def test_a_batch_life_end_to_end(openai_service: Any, fake_openai: FakeOpe
     assert sum(row.requests for row in rows) == 3
     assert abs(sum(row.cost_usd for row in rows) - expected) < 1e-9
     assert {row.user for row in rows} == {"alice"}
+    for request in requests:  # the life of each, printed with -s
+        print(f"{request['data']['kind']:20} job.status {' -> '.join(states(hub, request['id']))}")
+    print(f"batch {batch['id']}: {batch['request_counts']}, tokens "
+          f"{sum(u['total_tokens'] for u in usage)}, cost ${sum(r.cost_usd for r in rows):.6f} "
+          f"(realtime ${expected * 2:.6f})")
 
 
 async def test_a_failed_and_an_expired_batch(openai_service: Any,
@@ -190,6 +197,7 @@ async def test_cancel_and_callers_apart(openai_service: Any, fake_openai: FakeOp
         await until(lambda: len(hub.of_type(catalog.JOB_STATUS)) >= 6)  # running, batched x3
         await until(lambda: any(b["status"] == "in_progress"
                                 for b in fake_openai.batches.values()))
+        await cancel(service, shared_id, subject="bob", owner="alice")  # not bob's to cancel
         await cancel(service, mine["id"], subject="alice")
         await cancel(service, shared_id, subject="bob")  # bob's own, not alice's
         [cancelled] = await alice_q.wait_for(catalog.GENERATION_FAILED, mine["id"])
@@ -204,6 +212,9 @@ async def test_cancel_and_callers_apart(openai_service: Any, fake_openai: FakeOp
     assert len(hub.of_type(catalog.CONTENT_GENERATED, shared_id)) == 1  # alice's only
     assert kept_result["data"]["request_id"] == shared_id
     assert bob_q.of_type(catalog.CONTENT_GENERATED) == []
+    [forbidden] = [e for e in hub.of_type(catalog.GENERATION_FAILED)
+                   if e["data"]["request_type"] == "job.cancel"]
+    assert forbidden["data"]["error"]["code"] == "forbidden"
     assert [e["data"]["error"]["code"] for e in bob_q.of_type(catalog.GENERATION_FAILED)
             ] == ["cancelled"]
 
