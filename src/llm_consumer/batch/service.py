@@ -27,16 +27,15 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
-from openai.types.chat import ChatCompletion
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from llm_consumer import metrics, tracing
 from llm_consumer.auth import Principal
 from llm_consumer.batch import Batched
+from llm_consumer.batch.answers import Failure, ReplayProvider, line_outcome
 from llm_consumer.batch.store import Batch, BatchStore, Entry
 from llm_consumer.bus.publisher import Publisher
-from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
+from llm_consumer.errors import ServiceError, TransientFailure
 from llm_consumer.events import catalog
 from llm_consumer.events.content import CONTENT_MODELS
 from llm_consumer.events.envelope import Envelope, encode, new_event
@@ -52,9 +51,8 @@ from llm_consumer.handlers.base import Deps, Reply, Request
 from llm_consumer.handlers.pipeline import user_of
 from llm_consumer.handlers.routes import route
 from llm_consumer.handlers.text_generation import problem_with
-from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
+from llm_consumer.providers.base import TextCompletion, TextJob
 from llm_consumer.providers.openai_batch import BatchState, OpenAIBatchClient
-from llm_consumer.providers.openai_errors import scrub
 from llm_consumer.store.client import RedisClient
 from llm_consumer.store.jobs import JobLedger
 from llm_consumer.store.keys import Keys
@@ -91,36 +89,6 @@ class BodyMaker(Protocol):
     """What the desk needs of the text provider: the realtime call's body (openai_text)."""
 
     def batch_body(self, job: TextJob) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    code: str
-    message: str
-    retryable: bool
-
-
-class ReplayProvider:
-    """A text provider that answers once with a batch's completion: the realtime handler reads
-    it as it reads a live answer. Batch answers are not repaired (a second call fails)."""
-
-    name = "openai-batch"
-
-    def __init__(self, completion: TextCompletion, chain: TextProvider) -> None:
-        self._completion: TextCompletion | None = completion
-        self._chain = chain
-
-    def models_for(self, requested: str | None) -> tuple[str, ...]:
-        return self._chain.models_for(requested)
-
-    async def complete(self, job: TextJob, sink: StreamSink | None = None) -> TextCompletion:
-        completion, self._completion = self._completion, None
-        if completion is None:
-            raise PermanentFailure("the batch answer was unusable", code="internal")
-        return completion
-
-    async def aclose(self) -> None:
-        return None
 
 
 class BatchService:
@@ -181,7 +149,15 @@ class BatchService:
 
     async def cancel(self, request_key: str) -> bool:
         """job.cancel of a batched request: its `cancelled` failure now, its answer dropped
-        when the batch ends. False when the request has no live entry."""
+        when the batch ends. False when the request has no live entry (or Redis is down: the
+        ledger's cancel mark still stands)."""
+        try:
+            return await self._cancel(request_key)
+        except RedisError as error:
+            log.warning("batch.cancel_failed", error=str(error))
+            return False
+
+    async def _cancel(self, request_key: str) -> bool:
         entry_id = await self.store.entry_of(request_key)
         if entry_id is None:
             return False
@@ -351,7 +327,7 @@ class BatchService:
 
     async def _publish(self, entry: Entry, line: dict[str, Any] | None,
                        state: BatchState) -> bool:
-        outcome = _line_outcome(line, state)
+        outcome = line_outcome(line, state)
         if isinstance(outcome, TextCompletion):
             replies_or_failure = await self._answer(entry, outcome)
         else:
@@ -444,73 +420,3 @@ class BatchService:
             await pending.flush(self._redis, self._keys)
         except Exception:  # usage must never block an answer
             log.warning("batch.usage_failed", exc_info=True)
-
-
-def _line_outcome(line: dict[str, Any] | None, state: BatchState) -> TextCompletion | Failure:
-    """What one entry's output or error line (or its absence) means."""
-    if line is None:
-        return _unrun(state)
-    error = line.get("error")
-    response = line.get("response") or {}
-    if error:
-        code = str(error.get("code") or "")
-        if code == "batch_expired":
-            return _unrun(replace(state, status="expired"))
-        if code == "batch_cancelled":
-            return _unrun(replace(state, status="cancelled"))
-        return Failure("provider_unavailable", scrub(f"openai batch: {code}: "
-                                                      f"{error.get('message')}"), True)
-    status = int(response.get("status_code") or 0)
-    body = response.get("body") or {}
-    if status != 200:
-        return _http_failure(status, body)
-    try:
-        completion = ChatCompletion.model_validate(body)
-    except ValidationError:
-        return Failure("provider_unavailable", "openai batch: the answer was no completion",
-                       True)
-    if not completion.choices:
-        return Failure("provider_unavailable", "openai batch: the answer had no choices", True)
-    choice = completion.choices[0]
-    if choice.message.refusal:
-        return Failure("content_policy", f"openai refused: {scrub(choice.message.refusal)}",
-                       False)
-    usage = completion.usage
-    return TextCompletion(
-        text=choice.message.content or "", model_used=completion.model,
-        usage=TokenUsage(prompt_tokens=usage.prompt_tokens if usage else 0,
-                         completion_tokens=usage.completion_tokens if usage else 0,
-                         total_tokens=usage.total_tokens if usage else 0,
-                         estimated=usage is None),
-        finish_reason=choice.finish_reason)
-
-
-def _http_failure(status: int, body: dict[str, Any]) -> Failure:
-    error = body.get("error") or {}
-    code = str(error.get("code") or "")
-    message = scrub(f"openai {status} in batch: {error.get('message') or 'no message'}")
-    if code == "context_length_exceeded":
-        return Failure("context_length_exceeded", message, False)
-    if code == "content_policy_violation":
-        return Failure("content_policy", message, False)
-    if status == 429:
-        return Failure("rate_limited", message, True)
-    if status >= 500:
-        return Failure("provider_unavailable", message, True)
-    return Failure("invalid_request", message, False)
-
-
-def _unrun(state: BatchState) -> Failure:
-    """A request the batch never ran, by how the batch ended."""
-    if state.status == "expired":
-        return Failure("timeout", "the batch expired (24 h window) before this request ran; "
-                       "send it again", True)
-    if state.status == "cancelled":
-        return Failure("provider_unavailable", "the batch was cancelled before this request "
-                       "ran; send it again", True)
-    if state.status == "failed":
-        reasons = "; ".join(state.errors) or "no reason given"
-        return Failure("invalid_request", scrub(f"the provider refused the batch: {reasons}"),
-                       False)
-    return Failure("internal", f"the batch ended ({state.status}) without this request", False)
-
