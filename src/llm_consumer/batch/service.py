@@ -63,7 +63,8 @@ log = structlog.get_logger(__name__)
 FLUSH_LOCK = "flush"
 MAX_BATCH_AGE_S = 26 * 3600  # the 24 h window and two hours: then a batch that cannot be read
 # is given up as expired (its requests fail retryable) rather than polled for ever
-RENEW_EVERY = 100  # entries published between two renewals of a batch's lease
+PUBLISH_AT_ONCE = 32  # entries of a finished batch published together (the lease renewed
+# between groups)
 LINE_OVERHEAD_BYTES = 120  # custom_id, method and url around a body in the input file
 
 
@@ -296,13 +297,16 @@ class BatchService:
             log.warning("batch.download_failed", batch=batch.id, reason=error.message)
             return
         published = failed = 0
-        for done, entry_id in enumerate(batch.entries):
-            if done and done % RENEW_EVERY == 0:  # a large batch: keep this replica's lease
-                await self.store.renew(batch.id, self._instance, self.policy.lease_s)
-            line = outputs.get(entry_id) or errors.get(entry_id)
-            ok = await self._settle(entry_id, line, state)
-            published += ok is True
-            failed += ok is False
+        entries = batch.entries
+        for start in range(0, len(entries), PUBLISH_AT_ONCE):  # each entry on its own, so
+            # a group at a time: the broker's confirms and Redis overlap
+            await self.store.renew(batch.id, self._instance, self.policy.lease_s)
+            group = entries[start:start + PUBLISH_AT_ONCE]
+            for ok in await asyncio.gather(*(
+                    self._settle(entry_id, outputs.get(entry_id) or errors.get(entry_id), state)
+                    for entry_id in group)):
+                published += ok is True
+                failed += ok is False
         await self.store.finish(batch.id)
         log.info("batch.finished", batch=batch.id, api_batch=batch.api_id, status=state.status,
                  published=published, failed=failed)
