@@ -195,11 +195,10 @@ class BatchService:
 
     async def flush(self) -> None:
         policy = self.policy
-        waiting = await self.store.waiting(policy.max_requests)
-        if not waiting:
+        count, oldest = await self.store.open_summary()
+        if not count:
             return
-        oldest = waiting[0][1]
-        if len(waiting) < policy.max_requests and time.time() - oldest < policy.window_s:
+        if count < policy.max_requests and time.time() - oldest < policy.window_s:
             return
         if not await self.store.lock(FLUSH_LOCK, self._instance, policy.lease_s):
             return

@@ -184,6 +184,13 @@ class BatchStore:
             found = await pipe.execute()
         return [None if state is None else _text(state) for state in found]
 
+    async def open_summary(self) -> tuple[int, float]:
+        """How many entries wait, and when the oldest arrived (epoch seconds; 0 for none):
+        two small replies each tick, the full list only when a batch is made."""
+        count = int(await self._redis.zcard(self._open()))
+        oldest = await self.waiting(1)
+        return count, oldest[0][1] if oldest else 0.0
+
     async def waiting(self, limit: int) -> list[tuple[str, float]]:
         """The oldest open entries (id, arrival in epoch seconds), at most `limit`."""
         rows = cast(list[tuple[bytes, float]], await self._redis.zrange(
