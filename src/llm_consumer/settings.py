@@ -166,8 +166,8 @@ class Settings(BaseSettings):
         1000, ge=1, le=50_000, description="... or once this many requests wait (the API "
         "takes 50,000 per batch)")
     batch_max_bytes: int = Field(
-        100_000_000, ge=10_000, le=200_000_000, description="... or once their input file "
-        "would pass this size (the API takes 200 MB)")
+        100_000_000, ge=10_000, le=200_000_000, description="bytes of one batch's input file "
+        "at most (the API takes 200 MB); what does not fit waits for the next batch")
     batch_poll_s: float = Field(
         60.0, gt=0, le=3600, description="seconds between two looks at an open batch")
     batch_priority_zero: bool = Field(
