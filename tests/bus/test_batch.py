@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from llm_consumer.client import build_request
 from llm_consumer.events import catalog
+from llm_consumer.metrics import REGISTRY
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.usage import read_usage, today
 from tests.bus.test_tracing import spans, trace_id_of, traceparent
@@ -56,6 +57,10 @@ async def cancel(service: Service, request_id: str, *, subject: str,
                       headers={"authorization": f"Bearer {token('llm:content', subject=subject)}"})
 
 
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def states(hub: Tap, request_id: str) -> list[str]:
     return [e["data"]["state"] for e in hub.of_type(catalog.JOB_STATUS, request_id)]
 
@@ -74,6 +79,7 @@ async def until(check: Any, timeout_s: float = 30) -> None:
 async def test_a_batch_life_end_to_end(openai_service: Any, fake_openai: FakeOpenAI) -> None:
     service: Service = await openai_service(**FAST, batch_max_requests=3,
                                             heartbeat_every_s=0.5)
+    published_before = metric("llm_batch_results_total", outcome="published")
     requests = [batch_request("character.backstory"), batch_request("world.location"),
                 batch_request("content.validate", {"context": {"content": {"name": "Mira"}}})]
     async with tap(service.settings) as hub, tap(service.settings, binding=None) as mine:
@@ -122,6 +128,7 @@ async def test_a_batch_life_end_to_end(openai_service: Any, fake_openai: FakeOpe
     assert sum(row.requests for row in rows) == 3
     assert abs(sum(row.cost_usd for row in rows) - expected) < 1e-9
     assert {row.user for row in rows} == {"alice"}
+    assert metric("llm_batch_results_total", outcome="published") - published_before == 3
     for request in requests:  # the life of each, printed with -s
         print(f"{request['data']['kind']:20} job.status {' -> '.join(states(hub, request['id']))}")
     print(f"batch {batch['id']}: {batch['request_counts']}, tokens "

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
+from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
 from llm_consumer import metrics, tracing
@@ -59,6 +60,14 @@ from llm_consumer.store.keys import Keys
 from llm_consumer.store.usage import PendingUsage, Price, Use, increments, price_for, today
 
 log = structlog.get_logger(__name__)
+
+BATCH_RESULTS = Counter("llm_batch_results", "Batched requests answered: published, failed "
+                        "(a generation.failed) or cancelled", ["outcome"],
+                        registry=metrics.REGISTRY)
+BATCHES = Counter("llm_batches", "Provider batches submitted, and ended by status",
+                  ["event"], registry=metrics.REGISTRY)
+BATCH_WAITING = Gauge("llm_batch_waiting_requests", "Batched requests waiting for a batch "
+                      "(sampled each coordinator tick)", registry=metrics.REGISTRY)
 
 FLUSH_LOCK = "flush"
 MAX_BATCH_AGE_S = 26 * 3600  # the 24 h window and two hours: then a batch that cannot be read
@@ -170,6 +179,7 @@ class BatchService:
             return False
         await self._fail(entry, Failure("cancelled", "cancelled by job.cancel while batched",
                                         False), state="cancelled")
+        BATCH_RESULTS.labels("cancelled").inc()
         log.info("batch.entry_cancelled", entry=entry_id, was=previous)
         return True
 
@@ -196,6 +206,7 @@ class BatchService:
     async def flush(self) -> None:
         policy = self.policy
         count, oldest = await self.store.open_summary()
+        BATCH_WAITING.set(count)
         if not count:
             return
         if count < policy.max_requests and time.time() - oldest < policy.window_s:
@@ -260,6 +271,7 @@ class BatchService:
             return
         await self.store.update(batch.id, state="submitted", api_id=api_id, file_id=file_id,
                                 polled_at=time.time(), status="validating")
+        BATCHES.labels("submitted").inc()
         log.info("batch.submitted", batch=batch.id, api_batch=api_id, requests=len(lines))
 
     async def _poll(self, batch: Batch) -> None:
@@ -306,7 +318,10 @@ class BatchService:
                     for entry_id in group)):
                 published += ok is True
                 failed += ok is False
+                if ok is not None:
+                    BATCH_RESULTS.labels("published" if ok else "failed").inc()
         await self.store.finish(batch.id)
+        BATCHES.labels(state.status).inc()
         log.info("batch.finished", batch=batch.id, api_batch=batch.api_id, status=state.status,
                  published=published, failed=failed)
 
