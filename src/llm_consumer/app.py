@@ -23,6 +23,8 @@ from pydantic import BaseModel
 
 from llm_consumer import metrics, tracing
 from llm_consumer.auth import TokenVerifier
+from llm_consumer.batch.service import BatchPolicy, BatchService
+from llm_consumer.batch.store import BatchStore
 from llm_consumer.bus.consumer import CallerRules, Consumer, ConsumerConfig
 from llm_consumer.bus.declare import check_topology
 from llm_consumer.bus.depth import queue_depth
@@ -48,6 +50,7 @@ from llm_consumer.providers.getimg import V1_FAMILIES, GetImgProvider
 from llm_consumer.providers.images_base import ImageProvider
 from llm_consumer.providers.local import MODEL_NAME, LocalTextProvider
 from llm_consumer.providers.open_circuit import OpenCircuitFallback
+from llm_consumer.providers.openai_batch import OpenAIBatchClient
 from llm_consumer.providers.openai_images import OpenAIImageProvider
 from llm_consumer.settings import Settings
 from llm_consumer.slo import SloPolicy
@@ -137,6 +140,33 @@ def build_text_provider(settings: Settings, observe: HeaderObserver | None = Non
                                           *settings.openai_fallback_models)),
         )
     return LocalTextProvider(settings.local_model_path, n_threads=settings.local_model_threads)
+
+
+def build_batch_service(settings: Settings, text: TextProvider, publisher: Publisher,
+                        ledger: JobLedger, redis: RedisClient) -> BatchService | None:
+    """The batch desk and coordinator, when batch delivery is on and the text provider is
+    OpenAI's (the Batch API is theirs)."""
+    from llm_consumer.providers.openai_text import OpenAITextProvider
+
+    if not settings.batch_enabled or not isinstance(text, OpenAITextProvider):
+        return None
+    assert settings.openai_api_key is not None
+    keys = Keys(settings.redis_prefix)
+    return BatchService(
+        store=BatchStore(redis, keys),
+        client=OpenAIBatchClient(
+            settings.openai_api_key.get_secret_value(),
+            base_url=str(settings.openai_base_url) if settings.openai_base_url else None,
+            timeout_s=max(60.0, settings.openai_request_timeout)),
+        body=text, publisher=publisher, ledger=ledger, redis=redis, keys=keys,
+        prices={model: Price(**price) for model, price in settings.prices.items()},
+        source=settings.event_source, instance=settings.instance_id,
+        policy=BatchPolicy(window_s=settings.batch_window_s,
+                           max_requests=settings.batch_max_requests,
+                           poll_s=settings.batch_poll_s,
+                           max_bytes=settings.batch_max_bytes,
+                           priority_zero=settings.batch_priority_zero,
+                           price_factor=settings.batch_price_factor))
 
 
 def build_image_service(settings: Settings) -> ImageService:
@@ -297,6 +327,12 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         publisher = Publisher(broker.channel, broker.hub, broker.topology,
                               broker.dead_letter_exchange, signer=rules.signer,
                               notices=(broker.notice_channel, broker.notice_hub))
+        batch = build_batch_service(settings, text, publisher, ledger, redis)
+        deps = Deps(text=answering, windows=context_windows(settings, text), guard=guard,
+                    images=images, batch=batch)
+        if batch is not None:
+            stack.push_async_callback(batch.aclose)
+            batch.deps = deps  # answers are read by the realtime handlers
         consumer = Consumer(
             config=ConsumerConfig(
                 source=settings.event_source,
@@ -317,9 +353,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
             ledger=ledger,
             verifier=verifier,
             rules=rules,
-            deps=Deps(text=answering,
-                      windows=context_windows(settings, text),
-                      guard=guard, images=images),
+            deps=deps,
             queue_index=queue_index,
         )
         await _subscribe(broker, consumer, settings)
@@ -340,14 +374,17 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
             health_file=settings.health_file))
         log.info("service.ready", instance=settings.instance_id, queue=broker.topology.work.name,
                  text_provider=text.name, concurrency=settings.concurrency)
+        batches = asyncio.create_task(batch.run()) if batch is not None else None
         if ready is not None:
             ready.set()
         await stop.wait()
         log.info("service.stopping", in_flight=consumer.in_flight)
         await consumer.drain()
-        beats.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beats
+        for task in (beats, batches):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     log.info("service.stopped")
 
 

@@ -168,6 +168,27 @@ class Settings(BaseSettings):
         "defer", description="when every remote model of a request is open: defer it until "
         "the first half-opens, or answer with the embedded model (fallback_used)")
 
+    # Batch delivery (options.delivery: batch): OpenAI's Batch API at half the price.
+    batch_enabled: bool = Field(
+        True, description="requests may opt into batch delivery (OpenAI provider only; "
+        "false, or another provider: they answer in real time)")
+    batch_window_s: float = Field(
+        60.0, gt=0, le=86_400, description="a batch is sent once its oldest request has "
+        "waited this long")
+    batch_max_requests: int = Field(
+        1000, ge=1, le=50_000, description="... or once this many requests wait (the API "
+        "takes 50,000 per batch)")
+    batch_max_bytes: int = Field(
+        100_000_000, ge=10_000, le=200_000_000, description="bytes of one batch's input file "
+        "at most (the API takes 200 MB); what does not fit waits for the next batch")
+    batch_poll_s: float = Field(
+        60.0, gt=0, le=3600, description="seconds between two looks at an open batch")
+    batch_priority_zero: bool = Field(
+        False, description="text requests sent with AMQP priority 0 go to batch delivery "
+        "unless their options.delivery says otherwise")
+    batch_price_factor: float = Field(
+        0.5, gt=0, le=1, description="batch price as a share of PRICES (usage analytics)")
+
     # GetImg.AI
     getimg_api_key: SecretStr | None = Field(
         None, description="GetImg.AI key; unset: GetImg is off")

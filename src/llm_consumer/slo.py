@@ -43,9 +43,10 @@ VALIDATION_KINDS = frozenset({"content.validate"})
 IMAGE_KINDS = frozenset(kind.value for kind in ImageKind)
 # Request outcomes not measured: the request comes back (busy, retry, deferred), was never a
 # request, its caller stopped it (cancelled: its time says nothing of the service's), or a
-# re-prioritized copy replaced this one (superseded: the live copy is measured).
+# re-prioritized copy replaced this one (superseded: the live copy is measured), or it went to
+# batch delivery (batched: answered hours later at half the price, by choice).
 NOT_ANSWERED = frozenset({"busy", "retry", "deferred", "control", "dead_letter", "cancelled",
-                          "superseded"})
+                          "superseded", "batched"})
 SLOTS = 60  # buckets per window
 MAX_QUEUE_WAIT_S = 7 * 86400.0  # a publisher's clock far off is not a week of waiting
 

@@ -13,6 +13,13 @@ Before any of that, the server refuses what OpenAI's API refuses (`openai_refusa
 non-default temperature or `max_tokens` on reasoning models (gpt-5, o-series), `json_schema` on
 models without structured outputs, a strict schema that is not strict, `json_object` without the
 word JSON in the messages. `FakeOpenAI(refuse_like_openai=False)` turns that off.
+
+The Batch API is there too (`POST /v1/files`, `GET /v1/files/{id}/content`, `POST /v1/batches`,
+`GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`): a batch moves one status per retrieve,
+validating -> in_progress -> finalizing -> completed, and its lines are answered (script,
+responder, default responder, refusals: as realtime calls) when it completes. `batch_ending`
+chooses how batches end: "completed", "failed" (the input file refused), "expired" (no line ran:
+an error file of `batch_expired` lines) or "hold" (stays in_progress until changed).
 """
 
 from __future__ import annotations
@@ -383,6 +390,10 @@ class FakeOpenAI:
         # Asked (with the request body) once the script is empty; None: the default responder.
         self.responder: Responder | None = None
         self._closing = asyncio.Event()
+        self.files: dict[str, FakeFile] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_ending = "completed"  # completed | failed | expired | hold
+        self.upload_errors: deque[ErrorReply] = deque()  # served to the next file uploads
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -411,6 +422,11 @@ class FakeOpenAI:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{file_id}/content", self._file_content)
+        app.router.add_post("/v1/batches", self._create_batch)
+        app.router.add_get("/v1/batches/{batch_id}", self._retrieve_batch)
+        app.router.add_post("/v1/batches/{batch_id}/cancel", self._cancel_batch)
         app.router.add_route("*", "/{tail:.*}", self._unknown_route)
         self._runner = web.AppRunner(
             app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None
@@ -474,6 +490,11 @@ class FakeOpenAI:
         content = entry.content if entry.content is not None else self._default_content(body)
         if body.get("stream"):
             return await self._stream(request, body, model, content, entry)
+        return web.json_response(self._completion(body, model, content, entry),
+                                 headers=self._headers(entry.headers))
+
+    def _completion(self, body: dict[str, Any], model: str, content: str,
+                    entry: Reply) -> dict[str, Any]:
         completion = {
             "id": _new_id("chatcmpl"),
             "object": "chat.completion",
@@ -491,7 +512,7 @@ class FakeOpenAI:
         }
         if entry.include_usage:
             completion["usage"] = self._usage(body, content, entry)
-        return web.json_response(completion, headers=self._headers(entry.headers))
+        return completion
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], model: str, content: str, entry: Reply
@@ -530,6 +551,170 @@ class FakeOpenAI:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    # -- the Batch API
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._error_response(invalid_api_key())
+        form = await request.post()
+        upload, purpose = form.get("file"), str(form.get("purpose") or "")
+        self.requests.append(RecordedRequest(request.method, request.path,
+                                             {k.lower(): v for k, v in request.headers.items()},
+                                             {"purpose": purpose}))
+        if self.upload_errors:
+            return self._error_response(self.upload_errors.popleft())
+        if not isinstance(upload, web.FileField) or purpose not in ("batch", "assistants",
+                                                                   "fine-tune", "vision",
+                                                                   "user_data", "evals"):
+            return self._error_response(invalid_request("'file' and a valid 'purpose' are "
+                                                        "required"))
+        file = FakeFile(_new_id("file"), upload.filename, purpose, upload.file.read())
+        self.files[file.id] = file
+        return web.json_response(file.object())
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if not self._authorized(request):
+            return self._error_response(invalid_api_key())
+        file = self.files.get(request.match_info["file_id"])
+        if file is None:
+            return self._error_response(ErrorReply(404, "No such File object",
+                                                   "invalid_request_error"))
+        return web.Response(body=file.content, content_type="application/octet-stream")
+
+    async def _create_batch(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        if not self._authorized(request):
+            return self._error_response(invalid_api_key())
+        file = self.files.get(str(body.get("input_file_id")))
+        if file is None or file.purpose != "batch":
+            return self._error_response(invalid_request("input_file_id must name a file "
+                                                        "uploaded with purpose 'batch'"))
+        if body.get("endpoint") not in ("/v1/chat/completions", "/v1/responses",
+                                        "/v1/embeddings", "/v1/completions"):
+            return self._error_response(invalid_request("unsupported endpoint"))
+        if body.get("completion_window") != "24h":
+            return self._error_response(invalid_request("completion_window must be '24h'"))
+        now = int(time.time())
+        batch: dict[str, Any] = {
+            "id": _new_id("batch"), "object": "batch", "endpoint": body["endpoint"],
+            "errors": None, "input_file_id": file.id, "completion_window": "24h",
+            "status": "validating", "output_file_id": None, "error_file_id": None,
+            "created_at": now, "in_progress_at": None, "expires_at": now + 86_400,
+            "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+            "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+        }
+        self.batches[batch["id"]] = batch
+        return web.json_response(batch)
+
+    async def _retrieve_batch(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if not self._authorized(request):
+            return self._error_response(invalid_api_key())
+        batch = self.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return self._error_response(ErrorReply(404, "No such Batch object",
+                                                   "invalid_request_error"))
+        self._advance(batch)
+        return web.json_response(batch)
+
+    async def _cancel_batch(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if not self._authorized(request):
+            return self._error_response(invalid_api_key())
+        batch = self.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return self._error_response(ErrorReply(404, "No such Batch object",
+                                                   "invalid_request_error"))
+        if batch["status"] in ("validating", "in_progress", "finalizing"):
+            batch["status"], batch["cancelling_at"] = "cancelling", int(time.time())
+        return web.json_response(batch)
+
+    def _advance(self, batch: dict[str, Any]) -> None:
+        """One step of the batch's life per look (never past `batch_ending`)."""
+        now, status = int(time.time()), batch["status"]
+        lines = self._input_lines(batch)
+        if status == "cancelling":
+            self._end(batch, "cancelled", lines, ran=False)
+        elif status == "validating":
+            problem = self._invalid(lines)
+            if problem is not None or self.batch_ending == "failed":
+                batch["status"], batch["failed_at"] = "failed", now
+                batch["errors"] = {"object": "list", "data": [{
+                    "code": "invalid_request", "line": 1, "param": None,
+                    "message": problem or "the input file was refused"}]}
+                return
+            batch["status"], batch["in_progress_at"] = "in_progress", now
+            batch["request_counts"]["total"] = len(lines)
+        elif status == "in_progress" and self.batch_ending == "expired":
+            self._end(batch, "expired", lines, ran=False)
+        elif status == "in_progress" and self.batch_ending != "hold":
+            batch["status"], batch["finalizing_at"] = "finalizing", now
+        elif status == "finalizing":
+            self._end(batch, "completed", lines, ran=True)
+
+    def _input_lines(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        content = self.files[batch["input_file_id"]].content
+        return [json.loads(raw) for raw in content.splitlines() if raw.strip()]
+
+    @staticmethod
+    def _invalid(lines: list[dict[str, Any]]) -> str | None:
+        """What the real API refuses in an input file, as far as the service can get it wrong."""
+        ids = [line.get("custom_id") for line in lines]
+        if not lines:
+            return "the input file is empty"
+        if len(set(ids)) != len(ids) or not all(isinstance(i, str) for i in ids):
+            return "custom_id must be a unique string per line"
+        if any(line.get("method") != "POST" or line.get("url") != "/v1/chat/completions"
+               for line in lines):
+            return "every line must POST to the batch's endpoint"
+        if len({line.get("body", {}).get("model") for line in lines}) != 1:
+            return "every line of a batch must use the same model"
+        return None
+
+    def _end(self, batch: dict[str, Any], status: str, lines: list[dict[str, Any]], *,
+             ran: bool) -> None:
+        outputs, errors = [], []
+        for line in lines:
+            custom_id, body = line["custom_id"], line["body"]
+            if not ran:
+                code = "batch_expired" if status == "expired" else "batch_cancelled"
+                errors.append({"id": _new_id("batch_req"), "custom_id": custom_id,
+                               "response": None, "error": {
+                                   "code": code, "message": f"request not run: batch {status}"}})
+                continue
+            status_code, answer = self._batch_call(body)
+            row = {"id": _new_id("batch_req"), "custom_id": custom_id, "error": None,
+                   "response": {"status_code": status_code, "request_id": _new_id("req"),
+                                "body": answer}}
+            (outputs if status_code == 200 else errors).append(row)
+        batch["status"], batch[f"{status}_at"] = status, int(time.time())
+        batch["request_counts"] = {"total": len(lines), "completed": len(outputs),
+                                   "failed": len(errors)}
+        for rows, name in ((outputs, "output_file_id"), (errors, "error_file_id")):
+            if rows:
+                file = FakeFile(_new_id("file"), f"{batch['id']}_{name}.jsonl",
+                                "batch_output", b"".join(json.dumps(r).encode() + b"\n"
+                                                         for r in rows))
+                self.files[file.id] = file
+                batch[name] = file.id
+
+    def _batch_call(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One line, answered as a realtime call would be."""
+        model = str(body.get("model", ""))
+        self.calls_by_model[model] += 1
+        refused = openai_refusal(body) if self.refuse_like_openai else None
+        entry = refused or (self._script.popleft() if self._script else self._respond(body))
+        if isinstance(entry, ErrorReply):
+            return entry.status, entry.body()
+        content = entry.content if entry.content is not None else self._default_content(body)
+        return 200, self._completion(body, model, content, entry)
 
     # -- helpers
 
@@ -573,6 +758,20 @@ class FakeOpenAI:
         return web.json_response(
             error.body(), status=error.status, headers=self._headers(error.headers)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FakeFile:
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def object(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "file", "bytes": len(self.content),
+                "created_at": self.created_at, "filename": self.filename,
+                "purpose": self.purpose, "status": "processed"}
 
 
 def _new_id(prefix: str) -> str:

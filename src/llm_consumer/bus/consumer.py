@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from llm_consumer import metrics, tracing
 from llm_consumer.auth import Principal, TokenVerifier, require
+from llm_consumer.batch import Batched
 from llm_consumer.bus.outcome import (
     Busy,
     Completed,
@@ -92,6 +93,10 @@ class CallerRules:
     replies: ReplyPolicy
     models: ModelPolicy
 
+
+# Outcomes the heartbeat's error rate counts as good: answered, answered again, handed to a
+# batch, or replaced by a re-prioritized copy (which is answered in its turn).
+ANSWERED_OUTCOMES = frozenset({"completed", "duplicate", "batched", "superseded"})
 
 class Stats:
     """Counters for heartbeats and the health check."""
@@ -186,7 +191,7 @@ class Consumer:
         try:
             outcome = await self._settle(message, delivery)
             elapsed = time.monotonic() - started
-            self.stats.record(outcome in ("completed", "duplicate"), elapsed * 1000)
+            self.stats.record(outcome in ANSWERED_OUTCOMES, elapsed * 1000)
             kind = str(structlog.contextvars.get_contextvars().get("kind") or "none")
             metrics.REQUESTS.labels(kind, outcome).inc()
             metrics.LATENCY.labels(kind).observe(elapsed)
@@ -361,10 +366,13 @@ class Consumer:
                           emit=lambda t, d: self._publish(t, d, cause=env, reply_to=reply_to),
                           calls=calls, progress=self._config.progress,
                           claims_job=claims_in_job, on_running=running,
-                          seal=seal if claims_in_job else None)
+                          seal=seal if claims_in_job else None, reply_to=reply_to,
+                          priority=message.priority)
         if not claims_in_job:
             await running()
         result = await self._run_job(request, key)
+        if isinstance(result, Batched):
+            return await self._batched(settle, env, key)
         return await self._carry_out(settle, env, data, key, self._decide(result, settle), sealed)
 
     def _decide(self, result: list[Reply] | ServiceError | Claim, settle: _Settling) -> Outcome:
@@ -441,6 +449,17 @@ class Consumer:
         await message.ack()
         return name
 
+    async def _batched(self, settle: _Settling, env: Envelope, key: str) -> str:
+        """Stored for batch delivery (batch/): the ledger answers a re-send with this status
+        until the batch's answer replaces it; the message is done with."""
+        status = new_event(catalog.JOB_STATUS, JobStatus(request_id=env.id, state="batched",
+                                                         attempt=settle.state.attempt),
+                           source=self._config.source, cause=env)
+        await self._ledger.finish(key, [_encode(status)])
+        await self._publisher.publish_event(status, reply_to=settle.reply_to)
+        await settle.message.ack()
+        return "batched"
+
     async def _failed(self, settle: _Settling, env: Envelope,
                       data: ContentRequested | ImageRequested, key: str,
                       outcome: Failed) -> str:
@@ -476,6 +495,8 @@ class Consumer:
             job = self._running.get(key)
             if job is not None:
                 job.cancel()
+            elif self._deps.batch is not None:  # a batched request: failed now, dropped later
+                await self._deps.batch.cancel(key)
             log.info("job.cancel", target=data.request_id, running_here=job is not None,
                      by=principal.subject)
         elif isinstance(data, CacheInvalidate):

@@ -39,6 +39,9 @@ def inject(
     theme: Annotated[str | None, typer.Option(help="theme preset, e.g. dark-fantasy")] = None,
     stream: Annotated[bool, typer.Option(help="ask for content.progress events")] = False,
     cache: Annotated[bool, typer.Option(help="allow a cached result")] = True,
+    batch: Annotated[bool, typer.Option(help="batch delivery: OpenAI's Batch API at half the "
+                                             "price, answered within hours (raise --timeout)")
+                     ] = False,
     priority: Annotated[int | None, typer.Option(min=0, max=9)] = None,
     token: Annotated[str | None, typer.Option(help="bearer token; default: minted from "
                                                    "SECRET_KEY")] = None,
@@ -65,6 +68,8 @@ def inject(
         data |= _load_chat(messages_file)
     if theme is not None:
         data["theme"] = {"preset": theme}
+    if batch:
+        data["options"] = {"delivery": "batch"}
     request = build_request(kind, data, subject=subject)
     sys.exit(int(run(publish_and_show(settings, request, token, timeout, as_json=as_json,
                                       priority=priority), settings)))

@@ -124,6 +124,18 @@ class ChatTurn(_Inbound):
     content: str = Field(max_length=MAX_CHAT_TURN_CHARS)
 
 
+class ContentOptions(_Inbound):
+    """How a text request is delivered."""
+
+    delivery: Literal["realtime", "batch"] = Field(
+        "realtime", description=(
+            "batch: the request is admitted as usual, then sent with others through the "
+            "provider's Batch API at half the price; it answers within the batch window "
+            "(hours, at most 24 h) instead of seconds, with job.status `batched` meanwhile. "
+            "Structured kinds on an OpenAI provider only (chat.completion, and a service "
+            "without BATCH_ENABLED, answer in real time); `stream` is ignored"))
+
+
 class ContentRequested(_Inbound):
     """`content.requested`: generate text of one kind (chat.completion: answer a history)."""
 
@@ -157,6 +169,7 @@ class ContentRequested(_Inbound):
     stream: bool = False
     cache: bool = True
     user_id: str | None = Field(None, max_length=200)
+    options: ContentOptions | None = None
 
     @model_validator(mode="after")
     def _inputs_for_kind(self) -> ContentRequested:

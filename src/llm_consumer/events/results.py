@@ -141,7 +141,8 @@ class GenerationFailed(_Outbound):
     attempts: int = Field(ge=0)
 
 
-JobState = Literal["queued", "running", "deferred", "completed", "failed", "cancelled"]
+JobState = Literal["queued", "running", "deferred", "batched", "completed", "failed",
+                   "cancelled"]
 
 
 class JobStatus(_Outbound):

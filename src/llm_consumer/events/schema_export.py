@@ -399,6 +399,14 @@ Regenerate with `llm-consumer schemas`; `llm-consumer schemas --check` and
   caller's turns follow the service's own system message (the platform's rules); a caller's
   `system` turn is the assistant's persona. A history over the model's window loses its oldest
   user/assistant turns first; system turns and the last user turn are always kept.
+- Batch delivery (`options.delivery: "batch"` on a structured text kind, OpenAI provider):
+  admitted as any request, then `job.status` `batched` and the message acked; when the
+  provider's batch ends, the usual result event (or `generation.failed`) with `job.status`
+  `completed` (or `failed`), to the hub and `reply_to`, once per request. A batch that expired
+  before the request ran: `generation.failed` `timeout`, `retryable: true` (sent again, it is
+  batched again); an answer that does not match its schema is not repaired (`internal`).
+  `job.cancel` of a batched request answers at once (`cancelled`) and drops its answer. A
+  re-sent request gets `batched` until the answer is there, then the answer.
 """
 
 

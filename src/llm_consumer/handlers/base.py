@@ -16,7 +16,7 @@ from llm_consumer.events.envelope import Envelope
 from llm_consumer.events.requests import ContentRequested, ImageRequested
 from llm_consumer.identity import RequestOwner
 from llm_consumer.prompts.fitting import ContextWindows
-from llm_consumer.providers.base import TextProvider
+from llm_consumer.providers.base import TextJob, TextProvider
 
 if TYPE_CHECKING:
     from llm_consumer.images.service import ImageService
@@ -86,6 +86,20 @@ class ProgressPolicy:
         return max(1.0, self.interval_s * 10)
 
 
+class BatchDesk(Protocol):
+    """Where requests that opt into batch delivery go instead of a provider call (batch/)."""
+
+    def wants(self, request: Request) -> bool: ...
+
+    async def submit(self, request: Request, job: TextJob) -> None:
+        """Store the request's call for the next batch; raises batch.Batched."""
+        ...
+
+    async def cancel(self, request_key: str) -> bool:
+        """job.cancel of a batched request; False when it has none."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Deps:
     """Everything a handler may use, built once by the app."""
@@ -94,6 +108,7 @@ class Deps:
     windows: ContextWindows = field(default_factory=ContextWindows)
     guard: Guard | None = None  # cache, single-flight, rate limits, usage (handlers/pipeline)
     images: ImageService | None = None  # image providers, source fetching, storage
+    batch: BatchDesk | None = None  # batch delivery (options.delivery: batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +128,8 @@ class Request:
     # The request's final events for these replies, encoded: the pipeline records them in the
     # job ledger with its last Redis call (finish.lua) instead of a round trip of their own.
     seal: Callable[[list[Reply]], list[bytes]] | None = None
+    reply_to: str | None = None  # the checked reply queue (batch delivery answers there later)
+    priority: int | None = None  # the message's AMQP priority (BATCH_PRIORITY_ZERO reads it)
 
     @property
     def id(self) -> str:

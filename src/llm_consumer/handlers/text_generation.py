@@ -134,6 +134,8 @@ async def generate(request: Request, deps: Deps, model: type[ContentT]) -> Gener
         raise PermanentFailure("no text provider is configured", code="no_provider")
     job = await _prepared_job(request, deps, provider, model)
     assert isinstance(request.data, ContentRequested)
+    if deps.batch is not None and deps.batch.wants(request):
+        await deps.batch.submit(request, job)  # raises Batched: answered when the batch ends
     sink: StreamSink | None = ProgressSink(request) if request.data.stream else None
     completion = await provider.complete(job, sink)
     problem = problem_with(completion, model)

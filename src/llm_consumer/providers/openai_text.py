@@ -133,6 +133,12 @@ class OpenAITextProvider:
                                   usage=completion.usage, fallback_used=fallback,
                                   finish_reason=completion.finish_reason)
 
+    def batch_body(self, job: TextJob) -> dict[str, Any]:
+        """The body a realtime call of `job` would send to its first model (not streamed), as
+        the model's capabilities stand now: what one line of a Batch API input file holds."""
+        model = self.models_for(job.model)[0]
+        return self._fields(job, model, self.capabilities.get(model), stream=False)
+
     async def _guarded_call(self, job: TextJob, model: str,
                             sink: StreamSink | None) -> TextCompletion:
         """`_call` through `model`'s circuit breaker: refused at once (CircuitOpen, which the
