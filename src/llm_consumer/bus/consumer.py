@@ -98,6 +98,7 @@ class CallerRules:
 # batch, or replaced by a re-prioritized copy (which is answered in its turn).
 ANSWERED_OUTCOMES = frozenset({"completed", "duplicate", "batched", "superseded"})
 
+
 class Stats:
     """Counters for heartbeats and the health check."""
 
