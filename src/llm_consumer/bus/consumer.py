@@ -45,6 +45,7 @@ from llm_consumer.errors import (
     TransientFailure,
 )
 from llm_consumer.events import catalog
+from llm_consumer.events.catalog import CONTROL_TYPES
 from llm_consumer.events.envelope import Envelope, new_event
 from llm_consumer.events.parsing import Parsed, parse, peek
 from llm_consumer.events.queue import JobPrioritize, QueueStatus
@@ -297,6 +298,11 @@ class Consumer:
                         reply_to: str | None) -> None:
         seen = peek(message.body, self._config.max_message_bytes)
         structlog.contextvars.bind_contextvars(request_id=seen.request_id)
+        if message.routing_key in CONTROL_TYPES and not await self._ledger.first_to_refuse(
+                message.body):  # each replica has a copy of a control event: one answers
+            log.info("message.rejected_elsewhere", code=error.code)
+            await message.ack()
+            return
         log.warning("message.rejected", code=error.code, reason=error.message)
         if seen.request_id:
             failed = GenerationFailed(

@@ -11,6 +11,7 @@ nothing until the socket time-out) requests do not each wait that time-out out a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -149,6 +150,18 @@ class JobLedger:
     async def mark_cancelled(self, request_id: str) -> None:
         await self._call("cancel", lambda: self._redis.set(
             self._keys.cancelled(request_id), "1", ex=self._result_ttl_s))
+
+    async def first_to_refuse(self, body: bytes) -> bool:
+        """True for the first replica to refuse this control event (every replica gets a copy
+        of a control event); also True when Redis cannot tell (answered twice, not never)."""
+        key = self._keys.control_refused(hashlib.sha256(body).hexdigest())
+
+        async def mark() -> bool:  # SET NX answers None when the key was there already
+            return bool(await self._redis.set(key, self._instance, nx=True,
+                                              ex=self._result_ttl_s))
+
+        first = await self._call("refuse", mark)
+        return first is None or first
 
     async def _call(self, during: str, call: Callable[[], Awaitable[T]]) -> T | None:
         """`call()`, or None when Redis failed or is in its cool-down after a failure."""

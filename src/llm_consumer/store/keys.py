@@ -50,6 +50,11 @@ class Keys:
     def cache_generations(self) -> str:
         return f"{self.prefix}cachegen"
 
+    def control_refused(self, digest: str) -> str:
+        """Marks a refused control event answered (by its body's digest: every replica gets
+        the same copy)."""
+        return f"{self.prefix}ctlrefused:{{{digest}}}"
+
     def cache_invalidated_by(self, event_id: str) -> str:
         return f"{self.prefix}cacheinv:{event_id}"
 
