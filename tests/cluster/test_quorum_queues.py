@@ -52,7 +52,11 @@ async def test_a_poison_message_ends_in_the_dead_letter_queue(
             await message.nack(requeue=True)
             assert deliveries <= DELIVERY_LIMIT + 1
         dead = await channel.get_queue(f"{settings.queue_prefix}dead")
-        letter = await dead.get(timeout=5)
+        # At-least-once dead-lettering hands the letter over asynchronously: wait for it.
+        letter = None
+        async with asyncio.timeout(30):
+            while (letter := await dead.get(fail=False, timeout=5)) is None:
+                await asyncio.sleep(0.05)
         assert letter.body == b"poison"
         assert deliveries == DELIVERY_LIMIT + 1  # the limit counts redeliveries
         assert letter.headers["x-first-death-reason"] == "delivery_limit"
