@@ -56,10 +56,14 @@ def test_generated_garbage_is_dead_lettered_and_the_consumer_lives(bodies: list[
             assert len(letters) == len(everything), "every bad message is in the DLQ"
             assert {letter.headers["x-error-code"] for letter in letters} == {"invalid_request"}
             assert sorted(letter.body for letter in letters) == sorted(everything)
+            # Still consuming: a request it refuses at once (a model not offered here: no
+            # provider call, so no wait on the embedded model) is answered.
             result = await service.request("character.backstory",
-                                           {"context": {"name": "Mira"}})
-            assert result.final is not None and result.final["type"] in (
-                catalog.CONTENT_GENERATED, catalog.GENERATION_FAILED)
+                                           {"context": {"name": "Mira"},
+                                            "model": {"name": "not-offered"}})
+            assert result.final is not None
+            assert result.final["type"] == catalog.GENERATION_FAILED
+            assert result.final["data"]["error"]["code"] == "invalid_request"
         finally:
             await service.close()
             await delete_topology(service.settings)
