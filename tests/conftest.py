@@ -49,8 +49,8 @@ def token(*scopes: str, subject: str = "tester", ttl_s: int = 300) -> str:
 
 async def delete_topology(settings: Settings) -> None:
     topology = build_topology(settings.queue_prefix, settings.hub_exchange)
-    connection = await aio_pika.connect(HUB_URL)
-    async with connection:
+    connection = await aio_pika.connect(HUB_URL, timeout=30)
+    async with connection, asyncio.timeout(60):  # a broker that stops answering fails here
         for spec in topology.queues:
             channel = await connection.channel()
             with contextlib.suppress(Exception):

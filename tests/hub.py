@@ -14,16 +14,22 @@ from llm_consumer.bus.topology import build_topology
 from llm_consumer.settings import Settings
 from tests.conftest import HUB_URL
 
+# The most one broker operation of these helpers may take: a broker that stops answering fails
+# the call, and the test says where, instead of holding the run until the suite's time-out.
+BROKER_OP_S = 30.0
+
 
 async def publish_raw(settings: Settings, body: bytes, *, routing_key: str,
                       headers: dict[str, Any] | None = None, reply_to: str | None = None,
                       priority: int | None = None) -> None:
-    connection = await aio_pika.connect(HUB_URL)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        hub = await channel.get_exchange(settings.hub_exchange)
-        await hub.publish(aio_pika.Message(body=body, headers=headers or {}, reply_to=reply_to,
-                                           priority=priority), routing_key=routing_key)
+    async with asyncio.timeout(BROKER_OP_S):
+        connection = await aio_pika.connect(HUB_URL)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            hub = await channel.get_exchange(settings.hub_exchange)
+            await hub.publish(aio_pika.Message(body=body, headers=headers or {},
+                                               reply_to=reply_to, priority=priority),
+                              routing_key=routing_key)
 
 
 class Tap:
@@ -56,22 +62,23 @@ class Tap:
 @asynccontextmanager
 async def tap(settings: Settings, binding: str = "#") -> AsyncIterator[Tap]:
     """Collect events from the hub; with binding=None, a bare reply queue (for reply_to)."""
-    connection = await aio_pika.connect(HUB_URL)
+    connection = await aio_pika.connect(HUB_URL, timeout=BROKER_OP_S)
     async with connection:
-        channel = await connection.channel()
-        hub = await channel.declare_exchange(settings.hub_exchange, aio_pika.ExchangeType.TOPIC,
-                                             durable=True)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        if binding is not None:
-            await queue.bind(hub, routing_key=binding)
         result = Tap()
-        result.queue_name = queue.name
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             await message.ack()
             result.add(message.body)
 
-        await queue.consume(on_message)
+        async with asyncio.timeout(BROKER_OP_S):
+            channel = await connection.channel()
+            hub = await channel.declare_exchange(settings.hub_exchange,
+                                                 aio_pika.ExchangeType.TOPIC, durable=True)
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            if binding is not None:
+                await queue.bind(hub, routing_key=binding)
+            result.queue_name = queue.name
+            await queue.consume(on_message)
         yield result
 
 
@@ -81,13 +88,15 @@ async def dead_letters(settings: Settings, *, expect: int, timeout_s: float = 20
     topology = build_topology(settings.queue_prefix, settings.hub_exchange)
     name = topology.dead.name if queue == "dead" else topology.unrouted.name
     taken: list[aio_pika.abc.AbstractIncomingMessage] = []
-    connection = await aio_pika.connect(HUB_URL)
+    connection = await aio_pika.connect(HUB_URL, timeout=BROKER_OP_S)
     async with connection:
-        channel = await connection.channel()
-        q = await channel.get_queue(name)
+        async with asyncio.timeout(BROKER_OP_S):
+            channel = await connection.channel()
+            q = await channel.get_queue(name)
         deadline = asyncio.get_running_loop().time() + timeout_s
         while len(taken) < expect and asyncio.get_running_loop().time() < deadline:
-            message = await q.get(no_ack=True, fail=False)
+            async with asyncio.timeout(BROKER_OP_S):
+                message = await q.get(no_ack=True, fail=False)
             if message is None:
                 await asyncio.sleep(0.1)
                 continue
@@ -96,8 +105,9 @@ async def dead_letters(settings: Settings, *, expect: int, timeout_s: float = 20
 
 
 async def queue_depth(settings: Settings, which: str) -> int:
-    connection = await aio_pika.connect(HUB_URL)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(which, passive=True)
-        return int(queue.declaration_result.message_count or 0)
+    async with asyncio.timeout(BROKER_OP_S):
+        connection = await aio_pika.connect(HUB_URL)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(which, passive=True)
+            return int(queue.declaration_result.message_count or 0)

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from typing import Any
 
 from llm_consumer.client import build_request
 from llm_consumer.events import catalog
 from tests.bus.test_cache_e2e import SHEET, replicas, result_of
 from tests.conftest import Service, token
-from tests.fakes.openai_server import reply
+from tests.fakes.openai_server import Reply, Responder, reply
 from tests.hub import dead_letters, tap
+
+HERO = re.compile(r"Hero (\d+)")  # the name of `sheet(n)` in a prompt
+REPAIR = "Your previous answer was rejected"
 
 
 def sheet(n: int) -> dict[str, Any]:
@@ -119,15 +124,29 @@ async def test_per_user_limit_follows_sub_or_admitted_user_id(openai_service: An
         "user_id from a caller without llm:admin is not trusted")
 
 
+def off_schema_first_answer(heroes: set[int]) -> Responder:
+    """An off-schema first answer for these heroes' requests, a good repair: each of them
+    makes exactly one repair call, whichever order the calls of all requests arrive in."""
+    def respond(body: dict[str, Any]) -> Reply | None:
+        prompt = json.dumps(body.get("messages", []))
+        named = HERO.search(prompt)
+        if named is None or int(named.group(1)) not in heroes or REPAIR in prompt:
+            return None
+        return reply('{"not": "a backstory"}')
+    return respond
+
+
 async def test_three_replicas_hold_the_model_limit_at_the_provider(openai_service: Any,
                                                                    fake_openai: Any) -> None:
     """Every call reaching the provider, repairs included, counted over every 4 s window."""
     services = await replicas(openai_service, 3, rate_limit_text="off", rate_limit_user_share=1,
                               rate_limit_models={"gpt-5-nano": "4/4s"})
-    fake_openai.script(*[reply('{"not": "a backstory"}') for _ in range(3)])
+    fake_openai.responder = off_schema_first_answer(heroes={0, 4, 8})
     exchanges = await asyncio.gather(*(services[i % 3].request(
         "character.backstory", sheet(i), timeout_s=90) for i in range(13)))
     assert all(result_of(e) for e in exchanges)
     times = [call.received_at for call in fake_openai.chat_requests]
     assert len(times) >= 16, "13 answers and 3 repairs"
-    assert most_in_any_window(times, 4.0) <= 4
+    repairs = [c for c in fake_openai.chat_requests if REPAIR in json.dumps(c.body["messages"])]
+    assert len(repairs) == 3, "one repair for each off-schema answer"
+    assert most_in_any_window(times, 4.0) <= 4, [round(t - min(times), 3) for t in sorted(times)]

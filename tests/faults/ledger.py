@@ -29,6 +29,10 @@ from tests.cli.test_dlq import cli_env
 from tests.conftest import HUB_URL, SECRET, token
 
 RESULT_TYPES = (catalog.CONTENT_GENERATED, catalog.GENERATION_FAILED)
+# The most any one broker operation of the test's own clients may take (connect, declare, get,
+# a batch of publishes). A link that stops answering (a broker that neither replies nor closes)
+# then fails the call, and the test says where, instead of holding the run until its time-out.
+BROKER_OP_S = 30.0
 
 
 # --------------------------------------------------------------------------- collecting results
@@ -58,6 +62,7 @@ class Collector:
         self.first_generated: dict[str, float] = {}
         self._ids: set[str] = set()
         self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     def of_type(self, event_type: str, request_id: str | None = None) -> list[Seen]:
         return [s for s in self.seen if s.event["type"] == event_type and (
@@ -110,40 +115,60 @@ class Collector:
         self._changed.set()
 
     async def run(self) -> None:
-        while True:
+        """Poll until `stop()`; a connection that fails or stops answering is replaced. The
+        loop ends on the flag, not on a cancellation the client library might absorb."""
+        while not self._stopping.is_set():
             try:
-                connection = await aio_pika.connect(self.url)
-                async with connection:
-                    queue = await self._declare(connection)
-                    while True:
-                        message = await queue.get(fail=False)
-                        if message is None:
-                            await asyncio.sleep(0.05)
-                            continue
-                        self._take(message)
-                        await message.ack()
+                await self._poll()
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise
                 # aiormq cancels the pending calls of a connection the broker closed
                 self.reconnects += 1
-                await asyncio.sleep(0.2)
-            except Exception:
+            except Exception:  # a closed connection, or a call that got no answer in time
                 self.reconnects += 1
-                await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.2)
+
+    async def _poll(self) -> None:
+        connection = await aio_pika.connect(self.url, timeout=BROKER_OP_S)
+        async with connection:
+            async with asyncio.timeout(BROKER_OP_S):
+                queue = await self._declare(connection)
+            while not self._stopping.is_set():
+                async with asyncio.timeout(BROKER_OP_S):
+                    message = await queue.get(fail=False)
+                    if message is not None:
+                        self._take(message)
+                        await message.ack()
+                if message is None:
+                    await asyncio.sleep(0.05)
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """End `run` (its `task`): at the flag within one bounded call, else cancelled."""
+        self._stopping.set()
+        done, _ = await asyncio.wait({task}, timeout=BROKER_OP_S + 5)
+        if not done:
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, "the collector did not stop"
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
 
     async def declare(self) -> None:
-        connection = await aio_pika.connect(self.url)
-        async with connection:
-            await self._declare(connection)
+        async with asyncio.timeout(BROKER_OP_S):
+            connection = await aio_pika.connect(self.url)
+            async with connection:
+                await self._declare(connection)
 
     async def delete(self) -> None:
-        connection = await aio_pika.connect(self.url)
-        async with connection:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(self.queue_name)
+        async with asyncio.timeout(BROKER_OP_S):
+            connection = await aio_pika.connect(self.url)
+            async with connection:
+                channel = await connection.channel()
+                with contextlib.suppress(Exception):
+                    await channel.queue_delete(self.queue_name)
 
 
 @asynccontextmanager
@@ -155,9 +180,7 @@ async def collect(settings: Settings, bindings: Iterable[str] = RESULT_TYPES, *,
     try:
         yield collector
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await collector.stop(task)
         await collector.delete()
 
 
@@ -191,10 +214,11 @@ async def publish_requests(settings: Settings, request_ids: Iterable[str], *,
     """Persistent requests, published with confirms `batch` at a time; one token for all
     (valid for an hour: a soak's last requests wait in the queue for minutes)."""
     bearer = f"Bearer {token(ttl_s=3600)}"
-    connection = await aio_pika.connect(url)
+    connection = await aio_pika.connect(url, timeout=BROKER_OP_S)
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        hub = await channel.get_exchange(settings.hub_exchange)
+        async with asyncio.timeout(BROKER_OP_S):
+            channel = await connection.channel(publisher_confirms=True)
+            hub = await channel.get_exchange(settings.hub_exchange)
 
         async def one(request_id: str) -> None:
             request = marked_request(request_id, kind_of(request_id) if kind_of else
@@ -206,7 +230,8 @@ async def publish_requests(settings: Settings, request_ids: Iterable[str], *,
 
         ids = list(request_ids)
         for start in range(0, len(ids), batch):
-            await asyncio.gather(*(one(r) for r in ids[start:start + batch]))
+            async with asyncio.timeout(BROKER_OP_S):
+                await asyncio.gather(*(one(r) for r in ids[start:start + batch]))
 
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -239,13 +264,15 @@ async def queue_state(settings: Settings, *, url: str = HUB_URL,
     """(ready messages, consumers) of the work, dead and delay queues."""
     topology = build_topology(settings.queue_prefix, settings.hub_exchange)
     found = {}
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        for spec in (topology.work, topology.dead, *(q for _, q in topology.delays)):
-            queue = await channel.declare_queue(spec.name, passive=True)
-            result = queue.declaration_result
-            found[spec.name] = (int(result.message_count or 0), int(result.consumer_count or 0))
+    async with asyncio.timeout(BROKER_OP_S):
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            for spec in (topology.work, topology.dead, *(q for _, q in topology.delays)):
+                queue = await channel.declare_queue(spec.name, passive=True)
+                result = queue.declaration_result
+                found[spec.name] = (int(result.message_count or 0),
+                                    int(result.consumer_count or 0))
     return found
 
 
@@ -412,7 +439,9 @@ class Process:
             code = await asyncio.wait_for(self.process.wait(), timeout_s)
         except TimeoutError:
             self.process.kill()
-            code = await self.process.wait()
+            # wait() also waits for the stderr pipe to close: bounded, in case anything else
+            # still holds it
+            code = await asyncio.wait_for(self.process.wait(), 30)
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(self.drain, 5)
         return code

@@ -120,6 +120,7 @@ class Limited:
     retry_after_s: float
     scope: Scope  # the one that frees last
     notices: tuple[Notice, ...] = ()
+    at_us: int = 0  # when it was refused (Redis server time; this host's in degraded mode)
 
 
 Verdict = Known | Hit | Follow | Admitted | Limited
@@ -173,7 +174,7 @@ class Admission:
         now_us = time_us()
         retry_us, worst, notices = self.local.check(list(ask.scopes), now_us)
         if worst is not None:
-            return Limited(retry_us / 1e6, worst, tuple(notices))
+            return Limited(retry_us / 1e6, worst, tuple(notices), now_us)
         return Admitted(admission_id, None, False, tuple(notices), now_us)
 
     async def await_leader(self, ask: Ask, generation: str, deadline: float,
@@ -289,7 +290,7 @@ class Admission:
                                         self._keys.flight(ask.digest)],
                                   args=["", b"", 0, self._flight_value(admission_id)])
             return Limited(_int(raw[2]) / 1e6, ask.scopes[_int(raw[3]) - 1],
-                           self._notices(ask, raw[4:]))
+                           self._notices(ask, raw[4:]), now_us)
         self.local.record(list(ask.scopes), now_us, pending=False)
         return Admitted(admission_id, generation, claimed, self._notices(ask, raw[2:]), now_us)
 
