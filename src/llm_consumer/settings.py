@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         "requests mostly wait seconds on a provider, so 1,024 covers about 200 requests/s at a "
         "5 s provider (about 60 KiB of memory each while waiting)")
     prefetch: int = Field(0, ge=0, le=65535, description="0 means: equal to concurrency")
+    workers: int = Field(
+        1, ge=0, le=64, description="service processes `run` starts, each with its own event "
+        "loop and connections (0: one per core)")
     max_message_bytes: int = Field(
         1_048_576, ge=1024, description="larger request bodies are refused (invalid_request) "
         "unread")

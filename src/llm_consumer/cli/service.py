@@ -52,14 +52,23 @@ def register(app: typer.Typer) -> None:
     app.command()(health)
 
 
-def run() -> None:
+def run(
+    workers: Annotated[int | None, typer.Option(
+        min=0, max=64, help="service processes, each with its own event loop and connections "
+        "(0: one per core; default: WORKERS, 1)")] = None,
+) -> None:
     """Consume requests until SIGTERM/SIGINT, then drain and exit 0.
 
     A second Ctrl-C during the drain exits at once (130); unfinished requests go back to the
-    queue.
+    queue. With several workers, each signal goes to every worker.
     """
     settings = load(need_secret=True)
     configure_logging(settings.log_level)
+    from llm_consumer.workers import supervise, worker_count
+
+    count = worker_count(settings.workers if workers is None else workers)
+    if count > 1:
+        sys.exit(supervise(settings, count))
     from llm_consumer.app import run_service
 
     run_command(run_service(settings), settings)
