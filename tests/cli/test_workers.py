@@ -100,9 +100,13 @@ async def test_two_workers_consume_and_one_sigterm_drains_both(
         async with tap(settings, catalog.CONTENT_GENERATED) as hub:
             # Each worker learns the provider's capabilities on its first call (later calls
             # wait for it): answered at once, spread over both by the broker.
-            warm = [await send(settings, f"Warm {n}") for n in range(4)]
-            for request in warm:
-                await hub.wait_for(catalog.CONTENT_GENERATED, request["id"], timeout_s=30)
+            for batch in range(10):
+                warm = [await send(settings, f"Warm {batch} {n}") for n in range(2)]
+                for request in warm:
+                    await hub.wait_for(catalog.CONTENT_GENERATED, request["id"], timeout_s=30)
+                if len(logged(lines, "provider.capabilities")) >= 2:
+                    break
+            assert len(logged(lines, "provider.capabilities")) == 2
         before = len(fake_openai.chat_requests)
         fake_openai.script(*[reply(None, delay_s=5.0) for _ in range(REQUESTS)])
         async with tap(settings, catalog.CONTENT_GENERATED) as hub:
