@@ -3,20 +3,20 @@
 Each script touches the keys of one hash tag (keys.py), so the same calls run on a standalone
 server, behind Sentinel and on a Redis Cluster:
 1. the job-ledger claim (claim.lua, tag: the request key), when the ask carries one, and the
-   cache generations (one HMGET), concurrently;
+   cache generations (one HMGET), together (store/batch.py);
 2. lookup.lua (tag: the request digest): a cached answer (`Hit`), a leader on another replica
    (`Follow`), or a miss that claims the single-flight for this admission;
 3. limits.lua (tag: the limiter's): one atomic check-and-record over every rate-limit scope
    (`Admitted`, or `Limited` and the single-flight claim given back).
-Round trips: a hit costs 2, a miss 3 (the first pair runs concurrently), a further provider
-call of a request (no cache, no single-flight) 1; with REDIS_WAIT_REPLICAS, an admitted call
-one more (WAIT: the admission is on a replica before the call goes out, so a failover cannot
-lose it). A ledger that knows the request already
-(done, cancelled, running elsewhere) answers `Known` after the first. Whether a claim's owner is
-alive is asked beside the scripts (its liveness key is in another slot), only when a claim is
-found: a dead owner's claim is then taken over by asking again.
+Round trips: a hit costs 2, a miss 3 (the first pair goes as one pipeline, store/batch.py,
+or concurrently on a cluster), a further provider call of a request (no cache, no
+single-flight) 1; with REDIS_WAIT_REPLICAS, an admitted call one more (WAIT: the admission is
+on a replica before the call goes out, so a failover cannot lose it). A ledger that knows the
+request already (done, cancelled, running elsewhere) answers `Known` after the first. Whether a
+claim's owner is alive is asked beside the scripts (its liveness key is in another slot), only
+when a claim is found: a dead owner's claim is then taken over by asking again.
 `finish` stores the answer and ends the claim (store.lua), records the job and counts usage:
-three calls on three tags, run concurrently.
+three calls on three tags, sent together.
 
 With Redis unreachable (see `health`), admission falls back to this replica's LocalLimiter,
 nothing is cached or claimed, and usage adds up in memory; when Redis answers again, the
@@ -25,9 +25,7 @@ admissions and usage of the outage are written back so the shared windows stay h
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
@@ -35,6 +33,7 @@ from typing import Literal
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from llm_consumer.store.batch import Call, script_call, together
 from llm_consumer.store.cache import HANDOFF_TTL_S
 from llm_consumer.store.client import RedisClient
 from llm_consumer.store.health import RedisHealth
@@ -206,8 +205,9 @@ class Admission:
                      record: tuple[str, list[bytes]] | None = None) -> None:
         """Store the answer (`ttl_s` 0: only handed to followers), end the claim, record the
         request's final events in the job ledger (`record`: its key and the encoded events),
-        count usage: the three concurrently, each on its own hash tag. With Redis failing or
-        in its cool-down, usage waits in memory and the rest is skipped."""
+        count usage: the three together (one pipeline, or concurrently on a cluster), each on its
+        own hash tag. With Redis failing or in its cool-down, usage waits in memory and the rest
+        is skipped."""
         closing = self._closing(admitted, stored, ttl_s, use, record)
         if closing.empty:
             return
@@ -215,8 +215,7 @@ class Admission:
         if not self._health.usable():
             self._usage.add(day, closing.usage)
             return
-        results = await asyncio.gather(*self._closing_writes(ask, closing, day),
-                                       return_exceptions=True)
+        results = await together(self._redis, self._closing_writes(ask, closing, day))
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is None:
             await self._health.succeeded()
@@ -239,19 +238,19 @@ class Admission:
                         record=record if self.ledger is not None else None,
                         usage=increments(use, self._prices) if use is not None else [])
 
-    def _closing_writes(self, ask: Ask, closing: _Closing, day: str,
-                        ) -> list[Awaitable[object]]:
-        writes: list[Awaitable[object]] = []
+    def _closing_writes(self, ask: Ask, closing: _Closing, day: str) -> list[Call]:
+        writes: list[Call] = []
         if closing.answer is not None:
-            writes.append(self._store(
-                keys=[self._keys.cache_entry(ask.kind, ask.digest), self._keys.flight(ask.digest)],
-                args=list(closing.answer)))
+            writes.append(script_call(
+                self._store,
+                [self._keys.cache_entry(ask.kind, ask.digest), self._keys.flight(ask.digest)],
+                list(closing.answer)))
         if closing.record is not None and self.ledger is not None:
-            writes.append(self.ledger.record(*closing.record))
+            writes.append(self.ledger.record_call(*closing.record))
         if closing.usage:
-            writes.append(self._count_usage(
-                keys=[self._keys.usage_day(day)],
-                args=[RETENTION_S, *(item for pair in closing.usage for item in pair)]))
+            writes.append(script_call(
+                self._count_usage, [self._keys.usage_day(day)],
+                [RETENTION_S, *(item for pair in closing.usage for item in pair)]))
         return writes
 
     # -- internals --------------------------------------------------------------------------
@@ -260,7 +259,7 @@ class Admission:
         """The three steps of the module docstring; raises RedisError."""
         generation = ""
         if ask.digest:
-            claim, generation = await asyncio.gather(self._claim(ask), self._generation(ask))
+            claim, generation = await self._claim_and_generation(ask)
             if claim is not None and claim.verdict != "claimed":
                 return Known(claim)
             found = await self._look_up(ask, admission_id, generation)
@@ -321,9 +320,22 @@ class Admission:
             return None
         return await self.ledger.claim_now(ask.job)
 
-    async def _generation(self, ask: Ask) -> str:
-        found = await self._redis.hmget(self._keys.cache_generations(), ["*", ask.kind])
-        return f"{_text(found[0] or b'0')}.{_text(found[1] or b'0')}"
+    async def _claim_and_generation(self, ask: Ask) -> tuple[Claim | None, str]:
+        """The job claim and the cache generations, sent together (store/batch.py)."""
+        key, fields = self._keys.cache_generations(), ["*", ask.kind]
+        calls = [Call(lambda pipe: pipe.hmget(key, fields),
+                      lambda: self._redis.hmget(key, fields))]
+        if self.ledger is not None and ask.job is not None:
+            calls.append(self.ledger.claim_call(ask.job))
+        answers = await together(self._redis, calls)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        found = answers[0]
+        generation = f"{_text(found[0] or b'0')}.{_text(found[1] or b'0')}"
+        if self.ledger is None or ask.job is None:
+            return None, generation
+        return await self.ledger.claimed(ask.job, answers[1]), generation
 
     async def _look_up(self, ask: Ask, admission_id: str, generation: str) -> Verdict | None:
         """Hit or Follow; None on a miss (with the single-flight claimed when coalescing)."""

@@ -15,12 +15,13 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import orjson
 import structlog
 from redis.exceptions import RedisError
 
+from llm_consumer.store.batch import Call, script_call
 from llm_consumer.store.client import RedisClient
 from llm_consumer.store.health import RedisHealth
 from llm_consumer.store.keys import Keys
@@ -108,7 +109,16 @@ class JobLedger:
         """claim.lua, asking again when the request is busy on an instance whose lease lapsed
         (that takes it over). Raises RedisError."""
         keys, args = self.claim_input(request_id)
-        claim = claim_from(*await self._claim(keys=keys, args=args))
+        return await self.claimed(request_id, await self._claim(keys=keys, args=args))
+
+    def claim_call(self, request_id: str) -> Call:
+        """claim.lua's first ask, to send beside other calls; `claimed` reads its answer."""
+        keys, args = self.claim_input(request_id)
+        return script_call(self._claim, keys, args)
+
+    async def claimed(self, request_id: str, raw: list[Any]) -> Claim:
+        """The claim claim.lua answered, taking over a busy one whose owner's lease lapsed."""
+        claim = claim_from(*raw)
         if claim.verdict == "busy" and claim.owner and not await self.alive(claim.owner):
             keys, args = self.claim_input(request_id, dead=claim.owner)
             claim = claim_from(*await self._claim(keys=keys, args=args))
@@ -138,8 +148,12 @@ class JobLedger:
 
     async def record(self, request_id: str, events: list[bytes]) -> None:
         """The `done` record with its ttl, in one script call (raises RedisError)."""
-        await self._record(keys=[self._keys.job(request_id)],
-                           args=[self._instance, stored_events(events), self._result_ttl_s])
+        await self.record_call(request_id, events).alone()
+
+    def record_call(self, request_id: str, events: list[bytes]) -> Call:
+        """The `done` record as a call to send beside others (store/batch.py)."""
+        return script_call(self._record, [self._keys.job(request_id)],
+                           [self._instance, stored_events(events), self._result_ttl_s])
 
     async def release(self, request_id: str) -> None:
         """Forget this instance's unfinished claim so a retry copy, on any replica, may claim
