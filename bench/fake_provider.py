@@ -3,7 +3,8 @@
     .venv/bin/python bench/fake_provider.py --port-file /tmp/port
 
 Answers every chat completion with the default responder (an instance of the requested JSON
-schema, memoised per schema), after `delay_s` (0: at once). `POST /bench/config
+schema, memoised per schema), after `delay_s` (0: at once); a streamed call gets a 500-token
+free text (2,000 characters) in 500 deltas, written back to back. `POST /bench/config
 {"delay_s": 1.0, "record": true}` changes both; with `record` on it notes, per request marker
 (`Hero <uuid>` in the prompt), when the call arrived and when its answer left
 (`time.monotonic`, the clock `time.perf_counter` also reads on Linux): `GET /bench/timings`
@@ -28,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fake 
 
 from tests.fakes.openai_server import FakeOpenAI, Reply
 
+STREAM_DELTAS = 500  # a 500-token answer, a token (4 characters) per delta
+STREAM_TEXT = "tale" * STREAM_DELTAS
 MARKER = re.compile(rb"Hero ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 
 
@@ -41,6 +44,12 @@ class BenchProvider(FakeOpenAI):
         self.timings: dict[str, tuple[float, float]] = {}
         self.calls = 0
         self._contents: dict[str, str] = {}
+        self.responder = self._answer
+
+    def _answer(self, body: dict[str, Any]) -> Reply:
+        if body.get("stream"):
+            return Reply(STREAM_TEXT, chunk_count=STREAM_DELTAS, delay_s=self.delay_s)
+        return Reply(delay_s=self.delay_s)
 
     async def start(self, port: int = 0) -> None:
         app = web.Application()
@@ -68,8 +77,6 @@ class BenchProvider(FakeOpenAI):
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         self.calls += 1
-        if self.delay_s > 0 and not self._script:
-            self.script(Reply(delay_s=self.delay_s))
         response = await super()._chat_completions(request)
         if self.record:
             found = MARKER.search(await request.read())

@@ -6,7 +6,8 @@
 Starts, each as a process of its own on the local RabbitMQ and Redis under fresh names: the
 tests' fake OpenAI server (`bench/fake_provider.py`), the real service (`python -m
 llm_consumer run`, every rate limit on but out of reach, LOG_LEVEL=WARNING), B0
-(`bench/b0_echo.py`) and B0 waiting 1 s per request. This process generates the load and reads
+(`bench/b0_echo.py`) and B0 waiting 5 s per request (a provider's time); the service is
+restarted with `--workers 2` for the last run. This process generates the load and reads
 the other processes' CPU and memory from /proc; the phases are in `perf/phases.py`, the table
 in `perf/summary.py`. Repetitions are interleaved (B0, full, hit, B0, full, hit, ...) and the
 table shows medians and per-repetition ratios, never a single run. Everything declared is
@@ -46,6 +47,7 @@ from perf.phases import (
     throughput,
 )
 from perf.procs import ROOT, load_average, rss_mib
+from perf.rates import platform_runs, streaming
 from perf.report import markdown, median, table
 from perf.stack import HUB_URL, REDIS_URL, Stack
 from perf.summary import rows_for
@@ -121,8 +123,13 @@ async def run(plan: Plan, *, with_profile: bool, work_dir: Path) -> dict[str, An
         if with_profile:
             results["profile"] = await profiled(gen, plan, service, work_dir / "profile.txt")
         assert stack.b0_slow is not None
-        b0_slow = Target("B0+1s", stack.names.b0_slow_exchange, stack.b0_slow.pid)
+        b0_slow = Target("B0+5s", stack.names.b0_slow_exchange, stack.b0_slow.pid)
         results["concurrency"] = await concurrency(gen, stack, plan, service, b0_slow)
+        say("streaming: 500-token answers streamed in 500 deltas")
+        results["streaming"] = await streaming(gen, stack, plan, service)
+        say(f"platform rate: {plan.platform_rate:g} req/s for {plan.platform_s:g}s, provider "
+            f"5 s; B0, then the service with {plan.platform_workers} workers")
+        results["platform"] = await platform_runs(gen, stack, plan, b0_slow)
     finally:
         with contextlib.suppress(Exception):
             await gen.close()
@@ -149,7 +156,7 @@ def show_profile(summary: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about 4 minutes)")
     parser.add_argument("--reps", type=int, help="interleaved repetitions of each benchmark")
     parser.add_argument("--profile", action="store_true", help="also sample with py-spy")
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results/latest.json")

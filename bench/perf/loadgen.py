@@ -28,12 +28,21 @@ from perf.procs import cpu_seconds
 
 KIND = "character.backstory"
 RESULT_KEYS = (catalog.CONTENT_GENERATED, catalog.GENERATION_FAILED)
+COUNTED_KEYS = (catalog.CONTENT_PROGRESS,)  # counted per run, not results
 Contexts = Callable[[str], dict[str, Any]]
+Envelope = Callable[[str], dict[str, Any]]  # request id -> the request's CloudEvent
 
 
 def fresh_context(request_id: str) -> dict[str, Any]:
     """A context no earlier request had (a cache miss); its name marks the provider call."""
     return {"name": f"Hero {request_id}", "race": "Half-Elf", "class": "Rogue", "level": 3}
+
+
+def streamed_chat(request_id: str) -> dict[str, Any]:
+    """A streamed free-text chat.completion; its marker names the provider call."""
+    return build_request("chat.completion", {
+        "messages": [{"role": "user", "content": f"Tell the tale of Hero {request_id}."}],
+        "stream": True}, request_id=request_id, source="/bench")
 
 
 def pooled_context(pool: list[str]) -> Contexts:
@@ -49,6 +58,10 @@ class Target:
     name: str
     exchange: str
     pid: int
+    children: tuple[int, ...] = ()  # worker processes under a supervisor `pid`
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in (self.pid, *self.children))
 
 
 @dataclass(slots=True)
@@ -64,6 +77,8 @@ class Window:
     lost: int = 0
     latencies: list[tuple[str, float]] = field(default_factory=list)  # (request id, seconds)
     per_second: list[int] = field(default_factory=list)  # answers in each second of the run
+    arrivals: list[float] = field(default_factory=list)  # open loop: seconds after the start
+    progress: int = 0  # content.progress events seen
 
     @property
     def throughput(self) -> float:
@@ -87,12 +102,15 @@ class _Run:
     target: Target
     exchange: AbstractExchange
     contexts: Contexts
+    envelope: Envelope | None = None  # None: KIND with `contexts`
     refill: bool = False  # closed loop: every answer sends the next request
     completed: int = 0
     failed: int = 0
     record: bool = False
     outstanding: dict[str, float] = field(default_factory=dict)
     latencies: list[tuple[str, float]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    progress: int = 0
     emptied: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -119,7 +137,7 @@ class LoadGen:
             exchange = await self._publishing.declare_exchange(
                 name, aio_pika.ExchangeType.TOPIC, durable=True)
             self._exchanges[name] = exchange
-            for key in RESULT_KEYS:
+            for key in (*RESULT_KEYS, *COUNTED_KEYS):
                 await queue.bind(name, routing_key=key)
         self._consuming = queue, await queue.consume(self._on_result, no_ack=True)
 
@@ -139,12 +157,14 @@ class LoadGen:
 
     async def closed_loop(self, target: Target, *, in_flight: int, warmup_s: float,
                           measure_s: float, contexts: Contexts = fresh_context,
-                          max_warmup_s: float = 30.0, turns: float = 0.0) -> Window:
+                          max_warmup_s: float = 30.0, turns: float = 0.0,
+                          envelope: Envelope | None = None) -> Window:
         """Keep `in_flight` requests outstanding; measure once `warmup_s` has passed and the
         first `in_flight` answers are in (the loop has turned once), or `max_warmup_s` has.
         The window lasts `measure_s`, or `turns` times one turn when that is longer (a
         saturated service answers in waves of a turn's length), at most `max_warmup_s`."""
         run = self._start(target, contexts)
+        run.envelope = envelope
         run.refill = True
         started = time.perf_counter()
         trace: list[int] = []
@@ -165,7 +185,7 @@ class LoadGen:
         """Publish `rate` requests a second for `seconds`; every latency is kept."""
         run = self._start(target, contexts)
         run.record = True
-        started, cpu0, own0 = time.perf_counter(), cpu_seconds(target.pid), time.process_time()
+        started, cpu0, own0 = time.perf_counter(), target.cpu_seconds(), time.process_time()
         for sent in range(int(rate * seconds)):
             pause = started + sent / rate - time.perf_counter()
             if pause > 0:
@@ -173,8 +193,9 @@ class LoadGen:
             await self._send(run)
         lost = await self._drain(run)
         elapsed = time.perf_counter() - started
-        return Window(target.name, run.completed, elapsed, cpu_seconds(target.pid) - cpu0,
-                      time.process_time() - own0, run.failed, lost, run.latencies)
+        return Window(target.name, run.completed, elapsed, target.cpu_seconds() - cpu0,
+                      time.process_time() - own0, run.failed, lost, run.latencies,
+                      arrivals=[at - started for at in run.arrivals], progress=run.progress)
 
     async def once(self, target: Target, request_ids: list[str], *,
                    contexts: Contexts = fresh_context) -> Window:
@@ -191,13 +212,13 @@ class LoadGen:
         return self._run
 
     async def _measure(self, run: _Run, seconds: float) -> Window:
-        count0, failed0 = run.completed, run.failed
-        cpu0, own0, started = cpu_seconds(run.target.pid), time.process_time(), time.perf_counter()
+        count0, failed0, progress0 = run.completed, run.failed, run.progress
+        cpu0, own0, started = run.target.cpu_seconds(), time.process_time(), time.perf_counter()
         await asyncio.sleep(seconds)
         elapsed = time.perf_counter() - started
         return Window(run.target.name, run.completed - count0, elapsed,
-                      cpu_seconds(run.target.pid) - cpu0, time.process_time() - own0,
-                      run.failed - failed0)
+                      run.target.cpu_seconds() - cpu0, time.process_time() - own0,
+                      run.failed - failed0, progress=run.progress - progress0)
 
     async def _drain(self, run: _Run, timeout_s: float = 60) -> int:
         """Stop sending; wait for what is outstanding. Returns how many never came back."""
@@ -215,8 +236,9 @@ class LoadGen:
 
     async def _send(self, run: _Run, request_id: str | None = None) -> None:
         request_id = request_id or str(uuid.uuid4())
-        envelope = build_request(KIND, {"context": run.contexts(request_id)},
-                                 request_id=request_id, source="/bench")
+        envelope = (run.envelope(request_id) if run.envelope is not None else
+                    build_request(KIND, {"context": run.contexts(request_id)},
+                                  request_id=request_id, source="/bench"))
         message = aio_pika.Message(
             body=orjson.dumps(envelope), headers=self._headers,  # type: ignore[arg-type]
             content_type=CLOUDEVENTS_CONTENT_TYPE, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -229,6 +251,9 @@ class LoadGen:
         run = self._run
         if run is None or message.correlation_id is None:
             return
+        if message.type in COUNTED_KEYS:
+            run.progress += message.correlation_id in run.outstanding
+            return
         sent = run.outstanding.pop(message.correlation_id, None)
         if sent is None:  # a late answer of an earlier run
             return
@@ -236,6 +261,7 @@ class LoadGen:
         run.failed += message.type == catalog.GENERATION_FAILED
         if run.record:
             run.latencies.append((message.correlation_id, arrived - sent))
+            run.arrivals.append(arrived)
         if run.refill:
             await self._send(run)
         elif not run.outstanding:

@@ -30,18 +30,23 @@ class Plan:
     latency_s: float = 6.0
     levels: tuple[int, ...] = (256, 1000)
     slow_reps: int = 3  # repetitions of the concurrency runs
-    slow_warmup_s: float = 2.5  # > the provider delay: the loop is full before measuring
+    slow_warmup_s: float = 2.5  # then until the loop has turned once (the provider's 5 s)
     slow_measure_s: float = 5.0
     max_warmup_s: float = 30.0  # a slow service may need long to turn 1,000 requests once
     hit_pool: int = 256
     round_trip_requests: int = 20
     profile_s: float = 10.0
+    platform_rate: float = 167.0  # the platform's 10,000 requests a minute
+    platform_s: float = 60.0  # open loop at that rate, the provider answering in 5 s
+    platform_workers: tuple[int, ...] = (1, 2)
+    stream_in_flight: int = 32
+    stream_s: float = 5.0
 
 
 FULL = Plan()
 QUICK = Plan(reps=2, warmup_s=1.0, measure_s=2.5, latency_s=3.0, slow_reps=1,
              slow_warmup_s=2.0, slow_measure_s=3.0, max_warmup_s=12.0, hit_pool=128,
-             round_trip_requests=10, profile_s=5.0)
+             round_trip_requests=10, profile_s=5.0, platform_s=15.0, stream_s=3.0)
 
 
 def say(text: str) -> None:
@@ -113,8 +118,8 @@ async def latency(gen: LoadGen, stack: Stack, plan: Plan, b0: Target, service: T
 
 async def concurrency(gen: LoadGen, stack: Stack, plan: Plan, service: Target,
                       b0_slow: Target) -> dict[str, Any]:
-    """The provider answers after 1 s; N requests kept in flight: throughput / (N / 1 s).
-    B0 waiting 1 s itself, at the top level, shows what this machine allows at all."""
+    """The provider answers after 5 s; N requests kept in flight: throughput / (N / 5 s).
+    B0 waiting 5 s itself, at the top level, shows what this machine allows at all."""
     await stack.configure_provider(delay_s=PROVIDER_DELAY_S)
     top = max(plan.levels)
     runs: dict[int, list[Window]] = {level: [] for level in plan.levels}

@@ -34,6 +34,15 @@ def _status_kib(pid: int, name: str) -> int:
     return 0
 
 
+def children(pid: int) -> tuple[int, ...]:
+    """The direct child processes of `pid` (a supervisor's workers)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return ()
+    return tuple(int(child) for child in listed.split())
+
+
 def rss_mib(pid: int) -> float:
     return _status_kib(pid, "VmRSS") / 1024
 

@@ -49,9 +49,11 @@ from perf.stack import (
 from tests.fakes.openai_server import FakeOpenAI
 
 SCRIPTS = {hashlib.sha1(text.encode()).hexdigest().encode(): name for name, text in (
-    ("claim.lua", jobs.CLAIM_SCRIPT), ("release.lua", jobs.RELEASE_SCRIPT),
-    ("admit.lua (with the job claim)", admission.ADMIT_SCRIPT),
-    ("finish.lua", admission.FINISH_SCRIPT), ("restamp.lua", admission.RESTAMP_SCRIPT),
+    ("claim.lua (the job claim)", jobs.CLAIM_SCRIPT), ("release.lua", jobs.RELEASE_SCRIPT),
+    ("record (the job ledger)", jobs.RECORD_SCRIPT),
+    ("lookup.lua (cache and single-flight)", admission.LOOKUP_SCRIPT),
+    ("limits.lua", admission.LIMITS_SCRIPT), ("store.lua", admission.STORE_SCRIPT),
+    ("usage", admission.USAGE_SCRIPT), ("restamp.lua", admission.RESTAMP_SCRIPT),
     ("tighten (provider feedback)", feedback.TIGHTEN_SCRIPT))}
 COMMAND = re.compile(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n")
 EVALSHA = re.compile(rb"EVALSHA\r\n\$40\r\n([0-9a-f]{40})", re.IGNORECASE)

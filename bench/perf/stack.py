@@ -23,7 +23,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "bench-secret-" + "s" * 64
 UNLIMITED = "100000000/minute"  # checked and recorded like any limit, never reached
 CONCURRENCY = 1024
-PROVIDER_DELAY_S = 1.0  # the slow provider of the concurrency benchmark (and of slow B0)
+PROVIDER_DELAY_S = 5.0  # the slow provider of the concurrency and platform-rate runs (and B0's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +98,24 @@ class Stack:
                                            str(port_file)], dict(os.environ), work)
         await wait_for_file(self.provider, port_file)
         self.provider_url = f"http://127.0.0.1:{port_file.read_text()}/v1"
-        self.service = spawn("service", ["-m", "llm_consumer", "run"],
-                             service_env(self.names, self.provider_url, health), work)
-        await wait_for_file(self.service, health)
+        await self.start_service(workers=1)
         self.b0 = await self._b0("b0", self.names.b0_exchange, self.names.b0_queue, 0.0)
         self.b0_slow = await self._b0("b0-slow", self.names.b0_slow_exchange,
                                       self.names.b0_slow_queue, PROVIDER_DELAY_S)
+
+    async def start_service(self, *, workers: int) -> None:
+        """`llm-consumer run --workers N`, ready once its (merged) health file is written; a
+        running service is stopped first (it shares the work queue)."""
+        if self.service is not None:
+            self.service.stop()
+        health = self.work_dir / "health.json"
+        for index in range(workers):
+            Path(f"{health}.{index}").unlink(missing_ok=True)
+        health.unlink(missing_ok=True)
+        self.service = spawn(f"service-{workers}w",
+                             ["-m", "llm_consumer", "run", "--workers", str(workers)],
+                             service_env(self.names, self.provider_url, health), self.work_dir)
+        await wait_for_file(self.service, health)
 
     async def _b0(self, name: str, exchange: str, queue: str, delay_s: float) -> Child:
         ready = self.work_dir / f"{name}.ready"
@@ -143,7 +155,8 @@ class Stack:
         for child in (self.b0_slow, self.b0, self.service, self.provider):
             if child is not None:
                 child.stop()
-        for name in ("provider.port", "health.json", "b0.ready", "b0-slow.ready"):
+        for name in ("provider.port", "health.json", "health.json.0", "health.json.1",
+                     "b0.ready", "b0-slow.ready"):
             (self.work_dir / name).unlink(missing_ok=True)
         await delete_broker_objects(self.names)
         await delete_redis_keys(self.names.redis_prefix)
