@@ -373,7 +373,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
             probes, publish, every_s=min(settings.heartbeat_every_s, settings.lease_s / 3),
             health_file=settings.health_file))
         log.info("service.ready", instance=settings.instance_id, queue=broker.topology.work.name,
-                 text_provider=text.name, concurrency=settings.concurrency)
+                 text_provider=text.name, concurrency=settings.concurrency,
+                 event_loop=type(loop).__module__.split(".")[0])
         batches = asyncio.create_task(batch.run()) if batch is not None else None
         if ready is not None:
             ready.set()

@@ -83,6 +83,7 @@ async def test_two_workers_consume_and_one_sigterm_drains_both(
         ready = logged(lines, "service.ready")
         assert sorted(entry["instance"] for entry in ready) == [f"{base}-0", f"{base}-1"], (
             b"".join(lines[-20:]).decode(errors="replace"))
+        assert {entry["event_loop"] for entry in ready} == {"uvloop"}  # EVENT_LOOP's default
         work = build_topology(settings.queue_prefix, settings.hub_exchange).work.name
         assert await consumers_on(work) == 2
 

@@ -71,7 +71,21 @@ def run(
         sys.exit(supervise(settings, count))
     from llm_consumer.app import run_service
 
+    use_event_loop(settings.event_loop)
     run_command(run_service(settings), settings)
+
+
+def use_event_loop(name: str) -> None:
+    """uvloop for `run` when asked and installed: the same asyncio API on libuv, with less
+    CPU per socket write and callback, which a worker holding hundreds of requests pays for
+    most."""
+    if name != "uvloop":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def demo(
