@@ -37,7 +37,10 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (print() writes the line and its newline apart): with
+        # PYTHONUNBUFFERED each is a system call, and the workers of `run --workers N`, sharing
+        # one stderr, would interleave their lines.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Library loggers (aio-pika reconnects, etc.) go to stderr at WARNING and above.
