@@ -36,7 +36,7 @@ from llm_consumer.app import run_service
 from llm_consumer.client import build_request, send_and_wait
 from llm_consumer.logging import configure_logging
 from llm_consumer.settings import load_settings
-from llm_consumer.store import admission, feedback, jobs
+from llm_consumer.store import admission, feedback, jobs, queue_index
 from perf.loadgen import KIND, fresh_context
 from perf.stack import (
     HUB_URL,
@@ -54,7 +54,10 @@ SCRIPTS = {hashlib.sha1(text.encode()).hexdigest().encode(): name for name, text
     ("lookup.lua (cache and single-flight)", admission.LOOKUP_SCRIPT),
     ("limits.lua", admission.LIMITS_SCRIPT), ("store.lua", admission.STORE_SCRIPT),
     ("usage", admission.USAGE_SCRIPT), ("restamp.lua", admission.RESTAMP_SCRIPT),
-    ("tighten (provider feedback)", feedback.TIGHTEN_SCRIPT))}
+    ("tighten (provider feedback)", feedback.TIGHTEN_SCRIPT),
+    ("queue index: add", queue_index.ADD_SCRIPT),
+    ("queue index: started", queue_index.STARTED_SCRIPT),
+    ("queue index: undo", queue_index.UNDO_SCRIPT))}
 COMMAND = re.compile(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n")
 EVALSHA = re.compile(rb"EVALSHA\r\n\$40\r\n([0-9a-f]{40})", re.IGNORECASE)
 SET_UP = {"HELLO", "CLIENT", "SELECT", "PING", "SCRIPT"}
