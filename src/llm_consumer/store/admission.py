@@ -3,12 +3,12 @@
 Each script touches the keys of one hash tag (keys.py), so the same calls run on a standalone
 server, behind Sentinel and on a Redis Cluster:
 1. the job-ledger claim (claim.lua, tag: the request key), when the ask carries one, and the
-   cache generations (one HMGET), together (store/batch.py);
+   cache generations (one HMGET), together (store/together.py);
 2. lookup.lua (tag: the request digest): a cached answer (`Hit`), a leader on another replica
    (`Follow`), or a miss that claims the single-flight for this admission;
 3. limits.lua (tag: the limiter's): one atomic check-and-record over every rate-limit scope
    (`Admitted`, or `Limited` and the single-flight claim given back).
-Round trips: a hit costs 2, a miss 3 (the first pair goes as one pipeline, store/batch.py,
+Round trips: a hit costs 2, a miss 3 (the first pair goes as one pipeline, store/together.py,
 or concurrently on a cluster), a further provider call of a request (no cache, no
 single-flight) 1; with REDIS_WAIT_REPLICAS, an admitted call one more (WAIT: the admission is
 on a replica before the call goes out, so a failover cannot lose it). A ledger that knows the
@@ -33,7 +33,6 @@ from typing import Literal
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from llm_consumer.store.batch import Call, script_call, together
 from llm_consumer.store.cache import HANDOFF_TTL_S
 from llm_consumer.store.client import RedisClient
 from llm_consumer.store.health import RedisHealth
@@ -48,6 +47,7 @@ from llm_consumer.store.ratelimit import (
     time_us,
 )
 from llm_consumer.store.singleflight import TimedOut, Vanished, await_leader
+from llm_consumer.store.together import Call, script_call, together
 from llm_consumer.store.usage import RETENTION_S, PendingUsage, Price, Use, increments, today
 
 
@@ -321,7 +321,7 @@ class Admission:
         return await self.ledger.claim_now(ask.job)
 
     async def _claim_and_generation(self, ask: Ask) -> tuple[Claim | None, str]:
-        """The job claim and the cache generations, sent together (store/batch.py)."""
+        """The job claim and the cache generations, sent together (store/together.py)."""
         key, fields = self._keys.cache_generations(), ["*", ask.kind]
         calls = [Call(lambda pipe: pipe.hmget(key, fields),
                       lambda: self._redis.hmget(key, fields))]

@@ -21,10 +21,10 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from llm_consumer.store.batch import Call, script_call
 from llm_consumer.store.client import RedisClient
 from llm_consumer.store.health import RedisHealth
 from llm_consumer.store.keys import Keys
+from llm_consumer.store.together import Call, script_call
 
 log = structlog.get_logger(__name__)
 
@@ -151,7 +151,7 @@ class JobLedger:
         await self.record_call(request_id, events).alone()
 
     def record_call(self, request_id: str, events: list[bytes]) -> Call:
-        """The `done` record as a call to send beside others (store/batch.py)."""
+        """The `done` record as a call to send beside others (store/together.py)."""
         return script_call(self._record, [self._keys.job(request_id)],
                            [self._instance, stored_events(events), self._result_ttl_s])
 

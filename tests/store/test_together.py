@@ -1,4 +1,4 @@
-"""Calls sent together (store/batch.py) on the real Redis: one pipeline, each answer in its
+"""Calls sent together (store/together.py) on the real Redis: one pipeline, each answer in its
 place, a script the server does not hold yet loaded and run once, a failing call alone."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import uuid
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from llm_consumer.store.batch import Call, script_call, together
 from llm_consumer.store.keys import Keys
+from llm_consumer.store.together import Call, script_call, together
 
 COUNT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
