@@ -18,10 +18,12 @@ from typing import Any
 
 import pytest
 
+from llm_consumer.events import catalog
 from tests.bus.test_cache_e2e import SHEET, result_of
 from tests.bus.test_limits_e2e import sheet
 from tests.cluster.redis_cluster import cluster_ports
 from tests.conftest import Service
+from tests.hub import tap
 
 MASTER = "llm-test-master"
 
@@ -109,7 +111,7 @@ def sentinel() -> Iterator[SentinelSetup]:
 async def test_the_service_follows_a_sentinel_failover(openai_service: Any, fake_openai: Any,
                                                        sentinel: SentinelSetup) -> None:
     service: Service = await openai_service(redis_mode="sentinel", redis_url=sentinel.url,
-                                            redis_sentinel_master=MASTER)
+                                            redis_sentinel_master=MASTER, heartbeat_every_s=0.2)
     assert result_of(await service.request("character.backstory", SHEET))["cached"] is False
     assert result_of(await service.request("character.backstory", SHEET))["cached"] is True
     assert sentinel.master() == sentinel.master_port
@@ -117,6 +119,14 @@ async def test_the_service_follows_a_sentinel_failover(openai_service: Any, fake
     sentinel.kill(sentinel.master_port)
     await asyncio.to_thread(_wait, lambda: sentinel.master() == sentinel.replica_port,
                             "the replica promoted")
+    # Calls made while there was no master (the heartbeat's, the batch coordinator's) put the
+    # service in its Redis cool-down; it is back on the promoted master once a heartbeat says
+    # the cache is ok again.
+    async with tap(service.settings, catalog.SERVICE_HEARTBEAT) as hub, asyncio.timeout(30):
+        while not any(beat["data"]["components"].get("cache") == "ok"
+                      for beat in hub.of_type(catalog.SERVICE_HEARTBEAT)):
+            await hub.wait_for(catalog.SERVICE_HEARTBEAT,
+                               count=len(hub.of_type(catalog.SERVICE_HEARTBEAT)) + 1)
     # the promoted replica had the cached answer, and takes the new ones
     assert result_of(await service.request("character.backstory", SHEET))["cached"] is True
     fresh = [result_of(await service.request("world.location", sheet(7))) for _ in range(2)]
