@@ -204,6 +204,8 @@ async def test_callers_see_and_move_only_their_own_requests(openai_service: Any,
     code, stdout, stderr = await run_cli(env, "queue", "status", "--request-id",
                                          alice_low[2]["id"], "--token", alice)
     assert code == 0, stderr
+    print(f"\n$ llm-consumer queue status --request-id {alice_low[2]['id']} --token $ALICE\n"
+          f"{stdout}")
     shown_text = " ".join(stdout.split())
     assert "queued, your requests: 5" in shown_text
     assert f"{alice_low[2]['id']}: queued, position 0" in shown_text

@@ -73,6 +73,9 @@ async def test_one_trace_from_request_to_result_and_provider_call(
     assert trace_id_of(call.headers["traceparent"]) == trace_id
 
     names = {span.name for span in spans.spans if span.context.trace_id == int(trace_id, 16)}
+    print(f"\ntrace {trace_id}: request traceparent {parent}; "
+          f"result {result.final['traceparent']}; provider call {call.headers['traceparent']}; "
+          f"spans {sorted(names)}")
     assert {"llm.request content.requested", "llm.queue_wait", "llm.admission",
             "llm.provider.call", "llm.publish"} <= names
     request_span = next(s for s in spans.spans if s.name == "llm.request content.requested")
