@@ -55,6 +55,17 @@ class SentinelSetup:
         _wait(lambda: "num-slaves\n1" in self.cli(self.sentinel_port, "SENTINEL", "master",
                                                   MASTER), "sentinel sees the replica")
 
+    def wait_replicated(self) -> None:
+        """Until the replica has everything the master has written so far."""
+        def offset(port: int, field: str) -> int:
+            info = self.cli(port, "INFO", "replication")
+            return int(next(line.split(":")[1] for line in info.splitlines()
+                            if line.startswith(f"{field}:")))
+
+        written = offset(self.master_port, "master_repl_offset")
+        _wait(lambda: offset(self.replica_port, "slave_repl_offset") >= written,
+              "the replica caught up")
+
     def master(self) -> int:
         found = self.cli(self.sentinel_port, "SENTINEL", "get-master-addr-by-name", MASTER)
         return int(found.split()[1])
@@ -115,6 +126,9 @@ async def test_the_service_follows_a_sentinel_failover(openai_service: Any, fake
     assert result_of(await service.request("character.backstory", SHEET))["cached"] is False
     assert result_of(await service.request("character.backstory", SHEET))["cached"] is True
     assert sentinel.master() == sentinel.master_port
+    # Replication is asynchronous: the replica has the cached answer once it has caught up
+    # with the master (killed right after the write, the master would take it along).
+    await asyncio.to_thread(sentinel.wait_replicated)
 
     sentinel.kill(sentinel.master_port)
     await asyncio.to_thread(_wait, lambda: sentinel.master() == sentinel.replica_port,
