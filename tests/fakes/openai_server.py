@@ -613,7 +613,8 @@ class FakeOpenAI:
         self.batches[batch["id"]] = batch
         return web.json_response(batch)
 
-    async def _retrieve_batch(self, request: web.Request) -> web.Response:
+    async def _batch_of(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The batch the path names, or the API's error answer (bad key, no such batch)."""
         await self._record(request)
         if not self._authorized(request):
             return self._error_response(invalid_api_key())
@@ -621,17 +622,19 @@ class FakeOpenAI:
         if batch is None:
             return self._error_response(ErrorReply(404, "No such Batch object",
                                                    "invalid_request_error"))
+        return batch
+
+    async def _retrieve_batch(self, request: web.Request) -> web.Response:
+        batch = await self._batch_of(request)
+        if isinstance(batch, web.Response):
+            return batch
         self._advance(batch)
         return web.json_response(batch)
 
     async def _cancel_batch(self, request: web.Request) -> web.Response:
-        await self._record(request)
-        if not self._authorized(request):
-            return self._error_response(invalid_api_key())
-        batch = self.batches.get(request.match_info["batch_id"])
-        if batch is None:
-            return self._error_response(ErrorReply(404, "No such Batch object",
-                                                   "invalid_request_error"))
+        batch = await self._batch_of(request)
+        if isinstance(batch, web.Response):
+            return batch
         if batch["status"] in ("validating", "in_progress", "finalizing"):
             batch["status"], batch["cancelling_at"] = "cancelling", int(time.time())
         return web.json_response(batch)
