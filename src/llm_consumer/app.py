@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -22,6 +22,8 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from pydantic import BaseModel
 
 from llm_consumer import metrics, tracing
+from llm_consumer.admission.metered import MeteredText
+from llm_consumer.admission.waits import Ticket
 from llm_consumer.auth import TokenVerifier
 from llm_consumer.batch.service import BatchPolicy, BatchService
 from llm_consumer.batch.store import BatchStore
@@ -35,7 +37,6 @@ from llm_consumer.bus.retry_state import RetrySigner
 from llm_consumer.bus.topology import Topology, build_topology
 from llm_consumer.events.envelope import new_event
 from llm_consumer.handlers.base import Deps, ProgressPolicy
-from llm_consumer.handlers.limits import MeteredText
 from llm_consumer.heartbeat import Probes, Status, model_components, run_heartbeats
 from llm_consumer.identity import derive_key
 from llm_consumer.images.fetch import FetchPolicy, SourceFetcher
@@ -209,6 +210,19 @@ def open_circuit_fallback(chain: TextProvider, text: TextProvider, settings: Set
     return OpenCircuitFallback(chain, board, simpler), simpler
 
 
+def metered_per_request(metered: MeteredText,
+                        answering: TextProvider) -> Callable[[Ticket], TextProvider]:
+    """What a request's handler calls: `answering` (the open-circuit fallback, when there is
+    one) over the metered chain bound to the request's ticket."""
+    def for_request(ticket: Ticket) -> TextProvider:
+        bound = metered.for_request(ticket)
+        if isinstance(answering, OpenCircuitFallback):
+            return answering.over(bound)
+        return bound
+
+    return for_request
+
+
 def text_fallbacks(settings: Settings) -> tuple[str, ...]:
     """The fallback chain, walked by `MeteredText` so that each model's call is admitted as
     that model (the text provider itself is built without one)."""
@@ -314,8 +328,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         stack.push_async_callback(text.aclose)
         images = build_image_service(settings)
         stack.push_async_callback(images.aclose)
-        answering, simpler = open_circuit_fallback(
-            MeteredText(text, guard, text_fallbacks(settings)), text, settings)
+        metered = MeteredText(text, guard, text_fallbacks(settings))
+        answering, simpler = open_circuit_fallback(metered, text, settings)
         if simpler is not None:
             stack.push_async_callback(simpler.aclose)
         rules = caller_rules(settings)
@@ -328,7 +342,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                               broker.dead_letter_exchange, signer=rules.signer,
                               notices=(broker.notice_channel, broker.notice_hub))
         batch = build_batch_service(settings, text, publisher, ledger, redis)
-        deps = Deps(text=answering, windows=context_windows(settings, text), guard=guard,
+        deps = Deps(text=answering, windows=context_windows(settings, text),
+                    metered_text=metered_per_request(metered, answering),
                     images=images, batch=batch)
         if batch is not None:
             stack.push_async_callback(batch.aclose)
@@ -354,6 +369,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
             verifier=verifier,
             rules=rules,
             deps=deps,
+            guard=guard,
             queue_index=queue_index,
         )
         await _subscribe(broker, consumer, settings)

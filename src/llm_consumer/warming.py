@@ -28,17 +28,17 @@ async def warm(settings: Settings, redis: RedisClient, items: list[Item], concur
                on_failure: Callable[[Item, ServiceError], None] = lambda _i, _e: None,
                ) -> Counter[Outcome]:
     """Generate every item, `concurrency` at once; a rate limit is waited out, not failed."""
+    from llm_consumer.admission.metered import MeteredText
+    from llm_consumer.admission.run import run_admitted
     from llm_consumer.app import build_guard, build_text_provider, context_windows, text_fallbacks
     from llm_consumer.handlers.base import Deps, Request
-    from llm_consumer.handlers.limits import MeteredText
-    from llm_consumer.handlers.pipeline import guarded
     from llm_consumer.handlers.routes import route
 
     guard = build_guard(settings, redis)
     text = build_text_provider(settings, observe=guard.observe)
-    deps = Deps(text=MeteredText(text, guard, text_fallbacks(settings)),
-                windows=context_windows(settings, text),
-                guard=guard)
+    metered = MeteredText(text, guard, text_fallbacks(settings))
+    deps = Deps(text=metered, windows=context_windows(settings, text),
+                metered_text=metered.for_request)
     outcomes: Counter[Outcome] = Counter()
     gate = asyncio.Semaphore(concurrency)
 
@@ -46,20 +46,21 @@ async def warm(settings: Settings, redis: RedisClient, items: list[Item], concur
         """Notices (rate-limit warnings) have nobody to go to here."""
 
     async def one(envelope: Envelope, data: ContentRequested | ImageRequested) -> Outcome:
-        handler = guarded(route(envelope.type, data))
+        handler = route(envelope.type, data)
         while True:
             request = Request(envelope=envelope, data=data, principal=WARMER, attempt=0,
                               emit=quiet)
             try:
-                replies = await handler(request, deps)
+                answer = await run_admitted(handler, request, deps, guard)
             except Deferred as deferred:  # over a rate limit: wait here, as long as it takes
                 await asyncio.sleep(deferred.retry_after_s)
                 continue
             except ServiceError as error:
                 on_failure((envelope, data), error)
                 return "failed"
-            if isinstance(replies, Claim):  # never: warming makes no job-ledger claims
+            if isinstance(answer, Claim):  # never: warming makes no job-ledger claims
                 return "cached"
+            replies = answer.replies
             return "cached" if replies and getattr(replies[0].data, "cached", False) else (
                 "generated")
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from llm_consumer.admission.run import Answer
+from llm_consumer.batch import Batched
 from llm_consumer.bus.outcome import (
+    Batch,
     Busy,
     Completed,
     Defer,
@@ -12,6 +15,7 @@ from llm_consumer.bus.outcome import (
     Failed,
     Limits,
     Outcome,
+    Result,
     Retry,
     decide,
 )
@@ -28,7 +32,7 @@ from llm_consumer.store.jobs import Claim
 
 LIMITS = Limits(max_attempts=5, max_defer_s=600.0)
 REPLY = Reply("job.status", JobStatus(request_id="r", state="completed", attempt=0))
-Result = list[Reply] | ServiceError | Claim
+ANSWER = Answer((REPLY,), (), recorded=True)
 
 
 def failed(code: str, state: str = "failed", *, remember: bool, dead_letter: bool,
@@ -37,7 +41,8 @@ def failed(code: str, state: str = "failed", *, remember: bool, dead_letter: boo
 
 
 ROWS: list[tuple[str, Result, int, float, Outcome | tuple[str, str, bool, bool]]] = [
-    ("replies", [REPLY], 0, 0.0, Completed((REPLY,))),
+    ("answered", ANSWER, 0, 0.0, Completed(ANSWER)),
+    ("stored for a batch", Batched("entry-1"), 0, 0.0, Batch()),
     ("ledger done", Claim("done", stored_events=(b"{}",)), 3, 0.0, Duplicate((b"{}",))),
     ("ledger busy", Claim("busy", owner="other"), 0, 0.0, Busy(5.0)),
     ("ledger cancelled", Claim("cancelled"), 0, 0.0,

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from llm_consumer.admission.plan import model_of
 from llm_consumer.events.requests import ContentRequested, ImageRequested
-from llm_consumer.handlers.pipeline import model_of
 from llm_consumer.store.cache import digest
 from llm_consumer.store.guard import Guard
 from llm_consumer.store.keys import Keys

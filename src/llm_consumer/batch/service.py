@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
 from llm_consumer import metrics, tracing
+from llm_consumer.admission.plan import user_of
 from llm_consumer.auth import Principal
 from llm_consumer.batch import Batched
 from llm_consumer.batch.answers import Failure, ReplayProvider, line_outcome
@@ -49,7 +50,6 @@ from llm_consumer.events.results import (
     TokenUsage,
 )
 from llm_consumer.handlers.base import Deps, Reply, Request
-from llm_consumer.handlers.pipeline import user_of
 from llm_consumer.handlers.routes import route
 from llm_consumer.handlers.text_generation import problem_with
 from llm_consumer.providers.base import TextCompletion, TextJob
@@ -366,8 +366,8 @@ class BatchService:
         if problem is not None:
             return Failure("internal", f"the batch answer was unusable: {problem} (batch "
                            "answers are not repaired; send the request again)", False)
-        deps = replace(self.deps, text=ReplayProvider(completion, self.deps.text), guard=None,
-                       batch=None)
+        deps = replace(self.deps, text=ReplayProvider(completion, self.deps.text),
+                       metered_text=None, batch=None)
         try:
             return await route(request.envelope.type, data)(request, deps)
         except ServiceError as error:

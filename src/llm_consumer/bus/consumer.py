@@ -1,5 +1,18 @@
 """The one place that acks, retries and dead-letters.
 
+One delivery, read top to bottom, in stages that return values:
+
+    on_message        metrics and the log line around the rest; broker trouble hands it back
+    _settle           intake (bus/intake.py: token, reply queue, parse, permission) -> Accepted
+                      or Refused; a control event is answered here
+    _request          retry state, queue index, then the job task:
+    _run_job            admission/run.py: claim -> cache / single-flight -> limits -> handler
+                        -> finish (the answer cached, the final events recorded) -> Answer,
+                        the ledger's Claim, or the error as a value
+    decide            bus/outcome.py, pure: the broker outcome from the result, the attempt and
+                      the time deferred (tests/bus/test_outcome.py is its table)
+    _carry_out        the outcome in order: ledger, job status, events, copy, ack
+
 A delivery is acked only after whatever replaces it (result, retry copy, dead letter) has been
 confirmed by the broker. `message.process()` is deliberately not used: cancelling inside it
 rejects the message without requeue. Cancellation here (shutdown) hands the delivery back with
@@ -14,15 +27,16 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel
 
 from llm_consumer import metrics, tracing
-from llm_consumer.auth import Principal, TokenVerifier, require
-from llm_consumer.batch import Batched
+from llm_consumer.admission.run import run_admitted
+from llm_consumer.auth import Principal, TokenVerifier
+from llm_consumer.bus.intake import Accepted, Intake, Refused
 from llm_consumer.bus.outcome import (
+    Batch,
     Busy,
     Completed,
     Defer,
@@ -30,6 +44,7 @@ from llm_consumer.bus.outcome import (
     Failed,
     Limits,
     Outcome,
+    Result,
     Retry,
     decide,
 )
@@ -46,8 +61,8 @@ from llm_consumer.errors import (
 )
 from llm_consumer.events import catalog
 from llm_consumer.events.catalog import CONTROL_TYPES
-from llm_consumer.events.envelope import Envelope, new_event
-from llm_consumer.events.parsing import Parsed, parse, peek
+from llm_consumer.events.envelope import Envelope, encode, new_event
+from llm_consumer.events.parsing import Parsed, peek
 from llm_consumer.events.queue import JobPrioritize, QueueStatus
 from llm_consumer.events.requests import (
     CacheInvalidate,
@@ -56,12 +71,12 @@ from llm_consumer.events.requests import (
     JobCancel,
 )
 from llm_consumer.events.results import ErrorInfo, GenerationFailed, JobState, JobStatus
-from llm_consumer.handlers.base import CallBudget, Deps, ProgressPolicy, Reply, Request
-from llm_consumer.handlers.pipeline import guarded
+from llm_consumer.handlers.base import CallBudget, Deps, ProgressPolicy, Request
 from llm_consumer.handlers.routes import route
 from llm_consumer.identity import RequestOwner
 from llm_consumer.policy import ModelPolicy, ReplyPolicy
 from llm_consumer.slo import NOT_ANSWERED, Delivery, SloBook, SloPolicy, published_at
+from llm_consumer.store.guard import Guard
 from llm_consumer.store.jobs import Claim, JobLedger
 
 log = structlog.get_logger("llm_consumer.consumer")
@@ -135,15 +150,18 @@ class Consumer:
         verifier: TokenVerifier,
         rules: CallerRules,
         deps: Deps,
+        guard: Guard,
         queue_index: QueueIndex | None = None,
     ) -> None:
         self._config = config
+        self._guard = guard
+        self._intake = Intake(verifier, rules.replies, rules.models, config.work_queue,
+                              config.max_message_bytes)
         self._queue_index = queue_index
         self._limits = Limits(config.max_attempts, config.max_defer_s)
         self._rules = rules
         self._publisher = publisher
         self._ledger = ledger
-        self._verifier = verifier
         self._deps = deps
         self._deliveries: set[asyncio.Task[object]] = set()
         self._running: dict[str, asyncio.Task[object]] = {}
@@ -240,7 +258,7 @@ class Consumer:
         log.info("message.handed_back")
 
     async def _settle(self, message: AbstractIncomingMessage, delivery: Delivery) -> str:
-        cfg = self._config
+        """parse -> authorize (intake), then a control event or the request path."""
         structlog.contextvars.bind_contextvars(
             delivery_id=message.message_id, routing_key=message.routing_key)
         parked = parked_dead_letter(message.headers)
@@ -249,25 +267,12 @@ class Consumer:
             await self._publisher.dead_letter(message, code=code, reason=reason)
             await message.ack()
             return "dead_letter"
-        reply_to: str | None = None  # only once the token and the reply queue are checked
-        try:
-            principal = self._verifier.verify_header(message.headers or {})
-            checked_reply_to = self._rules.replies.check(message.reply_to)
-            reply_to = checked_reply_to
-            routing_key = message.routing_key or ""
-            parsed = parse(message.body, "" if routing_key == cfg.work_queue else routing_key,
-                           max_bytes=cfg.max_message_bytes)
-            assert parsed.spec.permission is not None
-            reply_to = None  # a caller without the permission hears nothing there
-            require(principal, parsed.spec.permission)
-            reply_to = checked_reply_to
-            if isinstance(parsed.data, ContentRequested | ImageRequested):
-                self._rules.models.check(parsed.data)
-        except RejectedMessage as error:
-            await self._reject(message, error, reply_to=reply_to)
-            return error.code
-        env = parsed.envelope
-        kind = getattr(parsed.data, "kind", None)
+        taken = self._intake.take_in(message)
+        if isinstance(taken, Refused):
+            await self._reject(message, taken.error, reply_to=taken.reply_to)
+            return taken.error.code
+        env = taken.parsed.envelope
+        kind = getattr(taken.parsed.data, "kind", None)
         structlog.contextvars.bind_contextvars(
             request_id=env.id, correlation_id=env.correlation, type=env.type, kind=kind)
         parent = tracing.incoming(env.model_extra, message.headers)
@@ -277,15 +282,15 @@ class Consumer:
                                   attributes={"messaging.message.id": env.id,
                                               "llm.kind": str(kind or ""),
                                               "llm.attempt": self._retry_state(message).attempt}):
-            if parsed.spec.direction == "control":
+            if taken.parsed.spec.direction == "control":
                 try:
-                    await self._control(parsed, principal, reply_to)
+                    await self._control(taken.parsed, taken.principal, taken.reply_to)
                 except RejectedMessage as error:
-                    await self._reject(message, error, reply_to=reply_to)
+                    await self._reject(message, error, reply_to=taken.reply_to)
                     return error.code
                 await message.ack()
                 return "control"
-            return await self._request(message, parsed, principal, reply_to, delivery)
+            return await self._request(message, taken, delivery)
 
     async def _reject(self, message: AbstractIncomingMessage, error: RejectedMessage, *,
                       reply_to: str | None) -> None:
@@ -327,70 +332,43 @@ class Consumer:
             return FIRST  # from the hub: a caller's message, never one of our copies
         return self._rules.signer.read(message.message_id, message.headers)
 
-    async def _request(self, message: AbstractIncomingMessage, parsed: Parsed,
-                       principal: Principal, reply_to: str | None,
+    async def _request(self, message: AbstractIncomingMessage, taken: Accepted,
                        delivery: Delivery) -> str:
-        env = parsed.envelope
-        data = parsed.data
+        """admit -> run -> finish (the job task), then decide and carry out the outcome."""
+        env, principal, reply_to = taken.parsed.envelope, taken.principal, taken.reply_to
+        data = taken.parsed.data
         assert isinstance(data, ContentRequested | ImageRequested)
         state = self._retry_state(message)
-        attempt = state.attempt
         calls = CallBudget(self._config.max_provider_calls, state.provider_calls)
         delivery.kind, delivery.calls = data.kind.value, calls
         settle = _Settling(message, reply_to, state, calls)
         key = RequestOwner(principal.subject, env.source).key(env.id)
         # Out of the queue index; a copy that job.prioritize replaced is acked unprocessed.
         if self._queue_index is not None and not await self._queue_index.started(
-                message, principal, key, attempt):
+                message, principal, key, state.attempt):
             log.info("request.superseded")
             await message.ack()
             return "superseded"
         if key in self._running:  # a redelivery while the first copy still runs here
-            return await self._carry_out(settle, env, data, key, Busy(), [])
-        # With the pipeline in front of the handler, the ledger claim rides on the request's
-        # admission (one Redis round trip); without it, it is made here.
-        claims_in_job = self._deps.guard is not None
-        if not claims_in_job:
-            claim = await self._ledger.claim(key)
-            if claim.verdict != "claimed":
-                return await self._carry_out(settle, env, data, key, self._decide(claim, settle),
-                                             [])
+            result: Result = Claim("busy")
+        else:
+            request = Request(envelope=env, data=data, principal=principal,
+                              attempt=state.attempt,
+                              emit=lambda t, d: self._publish(t, d, cause=env, reply_to=reply_to),
+                              calls=calls, progress=self._config.progress, claims_job=True,
+                              source=self._config.source, reply_to=reply_to,
+                              priority=message.priority)
+            result = await self._run_job(request, key)
+        outcome = decide(result, attempt=state.attempt, deferred_s=state.deferred_s,
+                         limits=self._limits)
+        return await self._carry_out(settle, env, data, key, outcome)
 
-        async def running() -> None:
-            await self._status(env, "running", attempt, reply_to)
-
-        # The final events, once the pipeline recorded them with its finish.lua call. When that
-        # call failed, Redis is in its cool-down and a ledger.finish of our own would be skipped
-        # too: the request then has no record, as in any Redis outage (a redelivery runs again).
-        sealed: list[Envelope] = []
-
-        def seal(replies: list[Reply]) -> list[bytes]:
-            sealed[:] = [new_event(r.type, r.data, source=self._config.source, cause=env)
-                         for r in replies]
-            return [_encode(e) for e in sealed]
-
-        request = Request(envelope=env, data=data, principal=principal, attempt=attempt,
-                          emit=lambda t, d: self._publish(t, d, cause=env, reply_to=reply_to),
-                          calls=calls, progress=self._config.progress,
-                          claims_job=claims_in_job, on_running=running,
-                          seal=seal if claims_in_job else None, reply_to=reply_to,
-                          priority=message.priority)
-        if not claims_in_job:
-            await running()
-        result = await self._run_job(request, key)
-        if isinstance(result, Batched):
-            return await self._batched(settle, env, key)
-        return await self._carry_out(settle, env, data, key, self._decide(result, settle), sealed)
-
-    def _decide(self, result: list[Reply] | ServiceError | Claim, settle: _Settling) -> Outcome:
-        return decide(result, attempt=settle.state.attempt, deferred_s=settle.state.deferred_s,
-                      limits=self._limits)
-
-    async def _run_job(self, request: Request, key: str) -> list[Reply] | ServiceError | Claim:
-        """Run the handler as its own task, so job.cancel and the deadline can stop it alone.
-        A Claim comes back when the ledger already knew the request."""
+    async def _run_job(self, request: Request, key: str) -> Result:
+        """Run the request as its own task, so job.cancel and the deadline can stop it alone;
+        its errors come back as values."""
         env = request.envelope
-        job = asyncio.create_task(guarded(route(env.type, request.data))(request, self._deps))
+        job = asyncio.create_task(run_admitted(route(env.type, request.data), request,
+                                               self._deps, self._guard))
         self._running[key] = job
         try:
             async with asyncio.timeout(self._config.request_deadline_s):
@@ -419,22 +397,29 @@ class Consumer:
             self._running.pop(key, None)
 
     async def _carry_out(self, settle: _Settling, env: Envelope,
-                         data: ContentRequested | ImageRequested, key: str, outcome: Outcome,
-                         sealed: list[Envelope]) -> str:
+                         data: ContentRequested | ImageRequested, key: str,
+                         outcome: Outcome) -> str:
         """Do what `outcome` says, always in this order: job ledger, job status, events, the
         copy that replaces the delivery (retry or dead letter), ack. Returns the outcome's name
         for the log line and the metrics."""
         message, reply_to, attempt = settle.message, settle.reply_to, settle.state.attempt
         if isinstance(outcome, Completed):
-            events = sealed or [new_event(r.type, r.data, source=self._config.source, cause=env)
-                                for r in outcome.replies]
-            if not sealed:  # the pipeline's finish.lua did not record them: record here
-                await self._ledger.finish(key, [_encode(e) for e in events])
+            answer = outcome.answer
+            if not answer.recorded:
+                await self._ledger.finish(key, [encode(e) for e in answer.events])
             await self._status(env, "completed", attempt, reply_to)
-            with tracing.stage("llm.publish", events=len(events)):
-                for event in events:
+            with tracing.stage("llm.publish", events=len(answer.events)):
+                for event in answer.events:
                     await self._publisher.publish_event(event, reply_to=reply_to)
             name = "completed"
+        elif isinstance(outcome, Batch):
+            # The ledger answers a re-send with this status until the batch's answer replaces it.
+            status = new_event(catalog.JOB_STATUS,
+                               JobStatus(request_id=env.id, state="batched", attempt=attempt),
+                               source=self._config.source, cause=env)
+            await self._ledger.finish(key, [encode(status)])
+            await self._publisher.publish_event(status, reply_to=reply_to)
+            name = "batched"
         elif isinstance(outcome, Duplicate):
             for raw in outcome.stored_events:
                 await self._publisher.publish_event(Envelope.model_validate_json(raw),
@@ -456,17 +441,6 @@ class Consumer:
         await message.ack()
         return name
 
-    async def _batched(self, settle: _Settling, env: Envelope, key: str) -> str:
-        """Stored for batch delivery (batch/): the ledger answers a re-send with this status
-        until the batch's answer replaces it; the message is done with."""
-        status = new_event(catalog.JOB_STATUS, JobStatus(request_id=env.id, state="batched",
-                                                         attempt=settle.state.attempt),
-                           source=self._config.source, cause=env)
-        await self._ledger.finish(key, [_encode(status)])
-        await self._publisher.publish_event(status, reply_to=settle.reply_to)
-        await settle.message.ack()
-        return "batched"
-
     async def _failed(self, settle: _Settling, env: Envelope,
                       data: ContentRequested | ImageRequested, key: str,
                       outcome: Failed) -> str:
@@ -480,7 +454,7 @@ class Consumer:
         failed_event = new_event(catalog.GENERATION_FAILED, failed, source=self._config.source,
                                  cause=env)
         if outcome.remember:  # a re-send gets the same answer without paying again
-            await self._ledger.finish(key, [_encode(failed_event)])
+            await self._ledger.finish(key, [encode(failed_event)])
         else:  # ops may replay it from the dead-letter queue: forget the claim
             await self._ledger.release(key)
         await self._status(env, outcome.state, attempt, settle.reply_to)
@@ -508,9 +482,7 @@ class Consumer:
                      by=principal.subject)
         elif isinstance(data, CacheInvalidate):
             kind = data.kind.value if data.kind else None
-            guard = self._deps.guard
-            removed = (await guard.invalidate(kind, event_id=parsed.envelope.id)
-                       if guard is not None else 0)
+            removed = await self._guard.invalidate(kind, event_id=parsed.envelope.id)
             log.info("cache.invalidate", target_kind=kind, removed=removed,
                      handled_by_peer=removed is None, by=principal.subject)
         elif isinstance(data, QueueStatus | JobPrioritize):
@@ -538,10 +510,6 @@ class Consumer:
         await self._publish(catalog.JOB_STATUS,
                             JobStatus(request_id=env.id, state=state, attempt=attempt),
                             cause=env, reply_to=reply_to)
-
-
-def _encode(event: Envelope) -> bytes:
-    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
 
 
 @dataclass(frozen=True, slots=True)

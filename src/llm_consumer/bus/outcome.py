@@ -1,11 +1,12 @@
 """What becomes of a request, decided in one pure function.
 
-`decide` takes what running the request gave (its replies, the error it ended in, or what the
+`decide` takes what running the request gave (its answer, the error it ended in, or what the
 job ledger already knew about it) with the delivery's retry state, and returns the one broker
 outcome; the consumer then carries it out in a fixed order (ledger, job status, events, copy,
 ack). The table in tests/bus/test_outcome.py is the rulebook:
 
-    replies                              Completed
+    answer                               Completed
+    stored for a batch                   Batch (job.status batched; the batch answers later)
     ledger: done                         Duplicate (re-publish the stored events)
     ledger: running on a live replica    Busy (look again after BUSY_RETRY_S)
     ledger: cancelled                    Failed cancelled, remembered
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llm_consumer.admission.run import Answer
+from llm_consumer.batch import Batched
 from llm_consumer.bus.retry import deferral_delay, retry_delay
 from llm_consumer.errors import Deferred, PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.events.results import JobState
-from llm_consumer.handlers.base import Reply
 from llm_consumer.store.jobs import Claim
 
 BUSY_RETRY_S = 5.0
@@ -38,7 +40,12 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    replies: tuple[Reply, ...]
+    answer: Answer
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Stored for batch delivery: answered by the batch coordinator later (batch/)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +78,18 @@ class Failed:
     dead_letter: bool  # ops may replay it from the dead-letter queue
 
 
-Outcome = Completed | Duplicate | Busy | Retry | Defer | Failed
+Outcome = Completed | Batch | Duplicate | Busy | Retry | Defer | Failed
+Result = Answer | ServiceError | Claim  # what the run stage gave
 
 
-def decide(result: list[Reply] | ServiceError | Claim, *, attempt: int, deferred_s: float,
-           limits: Limits) -> Outcome:
+def decide(result: Result, *, attempt: int, deferred_s: float, limits: Limits) -> Outcome:
     if isinstance(result, Claim):
         return _known(result)
-    if not isinstance(result, ServiceError):
-        return Completed(tuple(result))
+    if isinstance(result, Answer):
+        return Completed(result)
     error = result
+    if isinstance(error, Batched):
+        return Batch()
     if isinstance(error, Deferred):
         if deferred_s < limits.max_defer_s:
             delay = deferral_delay(min(error.retry_after_s, limits.max_defer_s - deferred_s))

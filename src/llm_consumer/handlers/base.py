@@ -12,21 +12,18 @@ from pydantic import BaseModel
 
 from llm_consumer.auth import Principal
 from llm_consumer.errors import PermanentFailure
-from llm_consumer.events.envelope import Envelope
+from llm_consumer.events.envelope import Envelope, new_event
 from llm_consumer.events.requests import ContentRequested, ImageRequested
 from llm_consumer.identity import RequestOwner
 from llm_consumer.prompts.fitting import ContextWindows
 from llm_consumer.providers.base import TextJob, TextProvider
 
 if TYPE_CHECKING:
+    from llm_consumer.admission.waits import Ticket
     from llm_consumer.images.service import ImageService
-    from llm_consumer.store.guard import Guard
 
 Emit = Callable[[str, BaseModel], Awaitable[None]]
-
-
-async def _nothing() -> None:
-    return None
+SERVICE_SOURCE = "/llm-service"  # EVENT_SOURCE's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +103,9 @@ class Deps:
 
     text: TextProvider | None
     windows: ContextWindows = field(default_factory=ContextWindows)
-    guard: Guard | None = None  # cache, single-flight, rate limits, usage (handlers/pipeline)
+    # `text` metered for one request: calls after the one its admission covers are admitted
+    # before they go out (admission/metered.py); None where nothing is metered.
+    metered_text: Callable[[Ticket], TextProvider] | None = None
     images: ImageService | None = None  # image providers, source fetching, storage
     batch: BatchDesk | None = None  # batch delivery (options.delivery: batch)
 
@@ -121,13 +120,11 @@ class Request:
     calls: CallBudget = field(default_factory=CallBudget)
     progress: ProgressPolicy = field(default_factory=lambda: ProgressPolicy())  # streaming
     started: float = field(default_factory=time.monotonic)
-    # True: the pipeline makes the job-ledger claim with the request's first admission (one
-    # Redis round trip for both) and returns the ledger's Claim when it knows the request.
+    # True: the admission claims the request in the job ledger with its first question (one
+    # Redis round trip for both), publishes job.status `running` once it holds the claim, and
+    # records the final events with its last call; warming runs without a ledger.
     claims_job: bool = False
-    on_running: Callable[[], Awaitable[None]] = _nothing  # once the claim is made
-    # The request's final events for these replies, encoded: the pipeline records them in the
-    # job ledger with its last Redis call (finish.lua) instead of a round trip of their own.
-    seal: Callable[[list[Reply]], list[bytes]] | None = None
+    source: str = SERVICE_SOURCE  # the CloudEvents `source` of the events it causes
     reply_to: str | None = None  # the checked reply queue (batch delivery answers there later)
     priority: int | None = None  # the message's AMQP priority (BATCH_PRIORITY_ZERO reads it)
 
@@ -146,6 +143,11 @@ class Request:
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
+
+    def final_events(self, replies: list[Reply]) -> tuple[Envelope, ...]:
+        """The events that answer this request, as they are recorded and published."""
+        return tuple(new_event(r.type, r.data, source=self.source, cause=self.envelope)
+                     for r in replies)
 
 
 class Handler(Protocol):

@@ -31,6 +31,10 @@ class OpenCircuitFallback:
         self._simpler = simpler
         self.name = inner.name
 
+    def over(self, inner: TextProvider) -> OpenCircuitFallback:
+        """The same fallback over another chain (one request's metered chain)."""
+        return OpenCircuitFallback(inner, self.board, self._simpler)
+
     def models_for(self, requested: str | None) -> tuple[str, ...]:
         return self._inner.models_for(requested)
 

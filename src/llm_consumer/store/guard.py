@@ -14,7 +14,7 @@ from llm_consumer.store.cache import ResponseCache
 from llm_consumer.store.client import RedisClient
 from llm_consumer.store.feedback import LimitFeedback, ProviderFeedback
 from llm_consumer.store.health import RedisHealth
-from llm_consumer.store.jobs import Claim, JobLedger
+from llm_consumer.store.jobs import JobLedger
 from llm_consumer.store.keys import Keys
 from llm_consumer.store.limits_config import LimitsConfig
 from llm_consumer.store.singleflight import LocalFlights
@@ -55,11 +55,6 @@ class Guard:
     def degraded(self) -> bool:
         """True while Redis is unreachable (see store.health for what that changes)."""
         return self.health.degraded
-
-    async def claim_job(self, request_id: str) -> Claim:
-        """The job-ledger claim on its own (when no admission carries it)."""
-        ledger = self.admission.ledger
-        return Claim("claimed") if ledger is None else await ledger.claim(request_id)
 
     @property
     def observe(self) -> LimitFeedback:

@@ -7,19 +7,19 @@ from typing import Any
 import orjson
 import pytest
 
-from llm_consumer.auth import Principal
-from llm_consumer.client import build_request, request_type_for
-from llm_consumer.events.catalog import EVENTS
-from llm_consumer.events.envelope import Envelope
-from llm_consumer.events.requests import ContentKind, ContentRequested, ImageKind
-from llm_consumer.handlers.base import Request
-from llm_consumer.handlers.pipeline import (
+from llm_consumer.admission.plan import (
     PROMPT_OVERHEAD_TOKENS,
     estimate_tokens,
     model_of,
     operation_of,
     user_of,
 )
+from llm_consumer.auth import Principal
+from llm_consumer.client import build_request, request_type_for
+from llm_consumer.events.catalog import EVENTS
+from llm_consumer.events.envelope import Envelope
+from llm_consumer.events.requests import ContentKind, ContentRequested, ImageKind
+from llm_consumer.handlers.base import Request
 from llm_consumer.prompts.tokens import counter_for, estimate
 
 

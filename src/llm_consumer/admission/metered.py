@@ -1,97 +1,39 @@
-"""Rate-limit waits and notices, and the metering of provider calls after a request's first.
+"""The metering of a request's provider calls after its first.
 
-`admit_within` asks the admission until it gets an answer other than "limited": a short wait
-(the next slot within RATE_LIMIT_INLINE_WAIT_S, counting earlier waits of this delivery) happens
-in place; a longer one raises `Deferred`, which the consumer turns into a delay-queue trip that
-holds no consumer slot. `rate_limit.warning` / `rate_limit.exceeded` notices come back from the
-same script call already throttled (one per second per scope and key, across replicas).
+The run stage's admission covers a request's first provider call (its `Ticket`); when that call
+leaves, its log entries are moved to that moment (`restamp`, run alongside the call), so
+windows count calls as the provider receives them. `MeteredText` wraps the text provider so
+that any further call in the same request (the repair of an unusable answer, another model) is
+admitted against that model's limits right before it goes out. It walks the fallback chain
+itself (the provider it wraps is built without one): a fallback model's call is admitted as
+that model, against its own limits, not the first model's.
 
-The pipeline's admission covers a request's first provider call (a ticket in a context
-variable); when that call leaves, its log entries are moved to that moment (`restamp`, run
-alongside the call), so windows count calls as the provider receives them. `MeteredText` wraps
-the text provider so that any further call in the same request (the repair of an unusable
-answer, another model) is admitted against that model's limits right before it goes out. It
-walks the fallback chain itself (the provider it wraps is built without one): a fallback
-model's call is admitted as that model, against its own limits, not the first model's.
+The app builds one `MeteredText` per request from the shared parts (`for_request`), so the
+ticket travels as a constructor argument, never through a context variable.
 """
 
 from __future__ import annotations
 
 import asyncio
-from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from llm_consumer import metrics, tracing
-from llm_consumer.errors import Deferred, ServiceError
-from llm_consumer.events import catalog
-from llm_consumer.events.results import RateLimitNotice
-from llm_consumer.handlers.base import CallBudget, Emit
+from llm_consumer import tracing
+from llm_consumer.admission.waits import Ticket, admit_within
+from llm_consumer.errors import ServiceError
 from llm_consumer.handlers.progress import ProgressSink
 from llm_consumer.prompts.tokens import MESSAGE_OVERHEAD_TOKENS, estimate
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
 from llm_consumer.providers.fallback_policy import MAX_INLINE_WAITS, next_step
-from llm_consumer.store.admission import Admitted, Ask, Follow, Hit, Known, Limited
+from llm_consumer.store.admission import Ask
 from llm_consumer.store.guard import Guard
-from llm_consumer.store.ratelimit import Notice, model_scopes
+from llm_consumer.store.ratelimit import model_scopes
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_ANSWER_TOKENS = 1000
-
-
-@dataclass(slots=True)
-class Ticket:
-    """The first provider call of a request, admitted with the request itself."""
-
-    model: str
-    kind: str
-    emit: Emit
-    calls: CallBudget = field(default_factory=CallBudget)  # the request's cap on provider calls
-    waited_s: float = 0.0
-    ask: Ask | None = None
-    admitted: Admitted | None = None
-    used: bool = False
-
-
-TICKET: ContextVar[Ticket | None] = ContextVar("llm_consumer_ticket", default=None)
-
-
-async def emit_notices(emit: Emit, notices: tuple[Notice, ...]) -> None:
-    for notice in notices:
-        event = (catalog.RATE_LIMIT_WARNING if notice.event == "warning"
-                 else catalog.RATE_LIMIT_EXCEEDED)
-        window = notice.scope.window_s if notice.scope.measure != "budget" else max(
-            0.001, notice.retry_after_s)
-        await emit(event, RateLimitNotice(
-            scope=notice.scope.scope, key=notice.scope.key, limit=notice.limit, window_s=window,
-            remaining=notice.remaining, retry_after_s=round(notice.retry_after_s, 3)))
-
-
-async def admit_within(guard: Guard, ask: Ask, emit: Emit,
-                       ticket: Ticket) -> Known | Hit | Follow | Admitted:
-    """Any verdict but Limited: a rate-limit wait happens in place while it is short, else
-    this raises Deferred."""
-    while True:
-        verdict = await guard.admission.admit(ask)
-        if isinstance(verdict, Admitted | Limited):
-            await emit_notices(emit, verdict.notices)
-        if not isinstance(verdict, Limited):
-            metrics.RATE_LIMIT.labels("admitted" if isinstance(verdict, Admitted) else
-                                      "answered").inc()
-            return verdict
-        wait = verdict.retry_after_s
-        if ticket.waited_s + wait > guard.policy.inline_wait_s:
-            metrics.RATE_LIMIT.labels("deferred").inc()
-            scope = verdict.scope
-            raise Deferred(f"rate limit {scope.scope} {scope.key!r} ({scope.limit}/"
-                           f"{scope.window_s:g}s) reached; next slot in {wait:.1f}s",
-                           retry_after_s=wait)
-        metrics.RATE_LIMIT.labels("waited").inc()
-        ticket.waited_s += wait
-        await asyncio.sleep(wait)
 
 
 def job_tokens(job: TextJob) -> int:
@@ -124,14 +66,20 @@ class _HeldRestart:
 
 class MeteredText:
     """A TextProvider whose calls beyond a request's first are admitted before they go out,
-    each against the limits of the model it goes to (fallbacks included)."""
+    each against the limits of the model it goes to (fallbacks included). Without a ticket
+    (the shared instance: model names, batch answers) calls go out unmetered."""
 
-    def __init__(self, inner: TextProvider, guard: Guard,
-                 fallbacks: tuple[str, ...] = ()) -> None:
+    def __init__(self, inner: TextProvider, guard: Guard, fallbacks: tuple[str, ...] = (),
+                 ticket: Ticket | None = None) -> None:
         self._inner = inner
         self._guard = guard
         self._fallbacks = fallbacks
+        self._ticket = ticket
         self.name = inner.name
+
+    def for_request(self, ticket: Ticket) -> MeteredText:
+        """This provider metering one request's calls against its ticket."""
+        return MeteredText(self._inner, self._guard, self._fallbacks, ticket)
 
     def models_for(self, requested: str | None) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self._inner.models_for(requested), *self._fallbacks)))
@@ -171,7 +119,7 @@ class MeteredText:
         return completion
 
     async def _complete(self, job: TextJob, sink: StreamSink | None) -> TextCompletion:
-        ticket = TICKET.get()
+        ticket = self._ticket
         model = self._inner.models_for(job.model)[0]
         if ticket is None:
             return await self._inner.complete(job, sink)
