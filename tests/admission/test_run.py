@@ -89,11 +89,11 @@ async def test_a_fresh_request_runs_once_and_its_events_are_recorded(
     request = make_request(emitted)
     answer = await run_admitted(handler, request, DEPS, guard)
     assert isinstance(answer, Answer)
-    assert handler.calls == 1 and answer.recorded
+    assert handler.calls == 1
     assert [e.type for e in answer.events] == [catalog.CONTENT_GENERATED]
     assert answer.events[0].source == "/llm-service"
     assert len(running_statuses(emitted)) == 1, "job.status running once the claim is held"
-    again = await ledger.claim(request.key)
+    again = await ledger.claim_now(request.key)
     assert again.verdict == "done", "the final events were recorded with the admission's finish"
     stored = Envelope.model_validate_json(again.stored_events[0])
     assert stored.id == answer.events[0].id
@@ -150,7 +150,7 @@ async def test_identical_requests_at_once_make_one_call_and_each_claims_its_own_
                   if isinstance(a, Answer)) == [False, True, True, True]
     for request, events in zip(requests, emitted, strict=True):
         assert len(running_statuses(events)) == 1
-        assert (await ledger.claim(request.key)).verdict == "done"
+        assert (await ledger.claim_now(request.key)).verdict == "done"
 
 
 async def test_a_failing_handler_raises_and_frees_the_question_for_the_next(
@@ -165,11 +165,13 @@ async def test_a_failing_handler_raises_and_frees_the_question_for_the_next(
     assert isinstance(answer, Answer) and working.calls == 1
 
 
-async def test_without_a_ledger_claim_nothing_is_recorded(guard: Guard) -> None:
-    """Cache warming runs requests that claim no job: their answer says it is not recorded."""
+async def test_without_a_ledger_claim_nothing_is_recorded(guard: Guard,
+                                                           ledger: JobLedger) -> None:
+    """Cache warming runs requests that claim no job: the ledger keeps no record of them."""
     request = make_request([])
     unclaimed = Request(envelope=request.envelope, data=request.data,
                         principal=request.principal, attempt=0, emit=request.emit)
     answer = await run_admitted(CountingHandler(), unclaimed, DEPS, guard)
-    assert isinstance(answer, Answer) and not answer.recorded
+    assert isinstance(answer, Answer)
+    assert (await ledger.claim_now(request.key)).verdict == "claimed", "no `done` record"
     assert orjson.loads(answer.events[0].model_dump_json())["type"] == catalog.CONTENT_GENERATED

@@ -17,16 +17,17 @@ async def test_release_forgets_only_this_instances_unfinished_claim(
     mine, theirs = ledger(redis, keys, "replica-a"), ledger(redis, keys, "replica-b")
     await theirs.heartbeat()
 
-    assert (await mine.claim("running-here")).verdict == "claimed"
+    assert (await mine.claim_now("running-here")).verdict == "claimed"
     await mine.release("running-here")
     assert not await redis.exists(keys.job("running-here"))
 
-    assert (await theirs.claim("running-there")).verdict == "claimed"
+    assert (await theirs.claim_now("running-there")).verdict == "claimed"
     await mine.release("running-there")
-    assert (await mine.claim("running-there")).verdict == "busy", "another replica's claim stays"
+    assert (await mine.claim_now("running-there")).verdict == "busy", (
+        "another replica's claim stays")
 
-    assert (await mine.claim("finished")).verdict == "claimed"
+    assert (await mine.claim_now("finished")).verdict == "claimed"
     await mine.finish("finished", [b'{"type":"content.generated"}'])
     await mine.release("finished")
-    done = await mine.claim("finished")
+    done = await mine.claim_now("finished")
     assert done.verdict == "done" and done.stored_events == (b'{"type":"content.generated"}',)

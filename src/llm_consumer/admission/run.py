@@ -40,11 +40,12 @@ from llm_consumer.store.usage import Use, price_for
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What a request that ran (or was answered from the cache) replies."""
+    """What a request that ran (or was answered from the cache) replies. A request that claims
+    its job has `events` in the job ledger already, written with Admission.finish; when that call
+    fails Redis is in its cool-down, and the request has no record, as in any Redis outage."""
 
     replies: tuple[Reply, ...]
     events: tuple[Envelope, ...]  # the replies as the events to publish
-    recorded: bool  # the job ledger holds `events` already (written with Admission.finish)
 
 
 async def run_admitted(handler: Handler, request: Request, deps: Deps,
@@ -65,7 +66,6 @@ class _Run:
         self.guard = guard
         self.plan: Plan = plan_for(request, guard, deps)
         self.ticket = Ticket(self.plan.model, self.plan.ask.kind, request.emit, request.calls)
-        self.claimed = False  # job.status `running` is published
 
     async def go(self) -> Answer | Claim:
         ask = self.plan.ask
@@ -123,13 +123,12 @@ class _Run:
                 ask = replace(ask, coalesce=False)
 
     async def _running(self, ask: Ask) -> Ask:
-        """Once the job claim is held: job.status `running`, and later questions ask no claim."""
+        """Once the job claim is held: job.status `running`, and later questions ask no claim
+        (so it is published once: only an ask that still carries the job gets here to emit)."""
         if ask.job is None:
             return ask
-        if not self.claimed:
-            self.claimed = True
-            await self.request.emit(catalog.JOB_STATUS, JobStatus(
-                request_id=self.request.id, state="running", attempt=self.request.attempt))
+        await self.request.emit(catalog.JOB_STATUS, JobStatus(
+            request_id=self.request.id, state="running", attempt=self.request.attempt))
         return replace(ask, job=None)
 
     async def _compute(self, ask: Ask, admitted: Admitted) -> tuple[Answer, bytes | None]:
@@ -165,14 +164,12 @@ class _Run:
         return answer
 
     def _answer_of(self, replies: list[Reply]) -> Answer:
-        # Recorded with Admission.finish when this request claimed its job. When that call
-        # fails, Redis is in its cool-down and a ledger write of the consumer's would be
-        # skipped too: the request then has no record, as in any Redis outage.
-        return Answer(tuple(replies), self.request.final_events(replies),
-                      recorded=self.request.claims_job)
+        return Answer(tuple(replies), self.request.final_events(replies))
 
     def _record(self, answer: Answer) -> tuple[str, list[bytes]] | None:
-        if not answer.recorded:
+        """The job-ledger record Admission.finish writes (none when warming, which claims no
+        job)."""
+        if not self.request.claims_job:
             return None
         return self.request.key, [encode(e) for e in answer.events]
 

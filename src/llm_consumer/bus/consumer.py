@@ -404,9 +404,7 @@ class Consumer:
         for the log line and the metrics."""
         message, reply_to, attempt = settle.message, settle.reply_to, settle.state.attempt
         if isinstance(outcome, Completed):
-            answer = outcome.answer
-            if not answer.recorded:
-                await self._ledger.finish(key, [encode(e) for e in answer.events])
+            answer = outcome.answer  # its events are in the ledger already (admission/run.py)
             await self._status(env, "completed", attempt, reply_to)
             with tracing.stage("llm.publish", events=len(answer.events)):
                 for event in answer.events:

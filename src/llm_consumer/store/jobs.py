@@ -2,10 +2,11 @@
 
 A record is `running` (owned by an instance) or `done` (with the events it produced). An
 instance proves it is alive with a short-lived key it refreshes; a `running` record whose owner
-has no live key was left by a dead worker and may be taken over. When Redis is unreachable the
-ledger says so (`degraded`) and lets work proceed: a duplicate is cheaper than a lost request.
-It follows the same RedisHealth as the guard, so while Redis hangs (a paused server answers
-nothing until the socket time-out) requests do not each wait that time-out out again.
+has no live key was left by a dead worker and may be taken over. A request is claimed with the
+admission's first question (store/admission.py); when Redis is unreachable it goes ahead
+unclaimed: a duplicate is cheaper than a lost request. The ledger follows the same RedisHealth
+as the guard, so while Redis hangs (a paused server answers nothing until the socket time-out)
+requests do not each wait that time-out out again.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ class Claim:
     verdict: Verdict
     stored_events: tuple[bytes, ...] = ()
     owner: str | None = None
-    degraded: bool = False
 
 
 def claim_from(verdict: object, payload: object) -> Claim:
@@ -137,10 +137,6 @@ class JobLedger:
         """Drop the liveness key at a clean shutdown so peers may take over at once."""
         with contextlib.suppress(RedisError):
             await self._redis.delete(self._keys.instance(self._instance))
-
-    async def claim(self, request_id: str) -> Claim:
-        answer = await self._call("claim", lambda: self.claim_now(request_id))
-        return Claim("claimed", degraded=True) if answer is None else answer
 
     async def finish(self, request_id: str, events: list[bytes]) -> None:
         """Record the final events so a redelivery re-publishes them instead of regenerating."""
