@@ -17,9 +17,9 @@ from llm_consumer.client import build_request
 from llm_consumer.events import catalog
 from llm_consumer.heartbeat import DEAD_LETTER_COMPONENT
 from llm_consumer.settings import Settings
-from tests.bus.test_operations import free_port
 from tests.conftest import HUB_URL, Service, token
 from tests.hub import Tap, dead_letters, publish_raw, queue_depth, tap
+from tests.ports import free_port
 
 AUTH = {"authorization": f"Bearer {token()}"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,10 @@ from tests.cli.test_dlq import cli_env
 from tests.cli.test_inject import run_cli
 from tests.conftest import HUB_URL, Service, token
 from tests.hub import publish_raw, tap
+from tests.ports import free_port
 
 SHEET = {"context": {"name": "Mira", "class": "Rogue"}}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_heartbeats_report_components_and_load(openai_service: Any,

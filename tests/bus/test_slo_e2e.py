@@ -15,13 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llm_consumer.events import catalog
 from llm_consumer.events.results import ServiceHeartbeat, SloWarning
-from tests.bus.test_operations import free_port
 from tests.cli.test_dlq import cli_env
 from tests.cli.test_inject import run_cli
 from tests.conftest import Service
 from tests.fakes.openai_server import reply, server_error
 from tests.hub import Tap, tap
 from tests.images.conftest import fake_images, image_service  # noqa: F401 (fixtures)
+from tests.ports import free_port
 
 DELAY_S = 0.3  # each provider answer
 TARGET_S = 0.2  # the text target of this test: every answer misses it

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from typing import Any
 
@@ -14,13 +13,7 @@ from llm_consumer.cli.common import Exit
 from llm_consumer.settings import Settings
 from tests.cli.test_dlq import cli_env
 from tests.conftest import SECRET
-
-
-def free_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.ports import free_port
 
 
 async def run_cli(env: dict[str, str], *args: str, timeout_s: float = 60,

@@ -14,7 +14,7 @@ from llm_consumer.bus.nodes import parse_nodes
 from llm_consumer.settings import SettingsError, load_settings
 from tests.conftest import HUB_URL, Service
 from tests.faults.proxy import FaultProxy
-from tests.store.conftest import free_port
+from tests.ports import free_port
 
 SHEET = {"context": {"name": "Mira Thornvale", "race": "Half-Elf", "class": "Rogue"},
          "theme": {"preset": "dark-fantasy"}}

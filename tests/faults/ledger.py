@@ -179,9 +179,15 @@ async def collect(settings: Settings, bindings: Iterable[str] = RESULT_TYPES, *,
     task = asyncio.create_task(collector.run())
     try:
         yield collector
-    finally:
-        await collector.stop(task)
-        await collector.delete()
+    except BaseException:
+        # The test already failed: its own error is the one to show, not the clean-up's (a
+        # broker the fault left down cannot delete the queue).
+        with contextlib.suppress(Exception):
+            await collector.stop(task)
+            await collector.delete()
+        raise
+    await collector.stop(task)
+    await collector.delete()
 
 
 # --------------------------------------------------------------------------- requests

@@ -27,14 +27,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.ports import free_port
+
 SBIN = Path("/usr/lib/rabbitmq/bin")
 BOOT_TIMEOUT_S = 90.0
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def available() -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from llm_consumer.events.results import ContentGenerated, ThemeAnalyzed, Validat
 from llm_consumer.providers.local import default_model_path
 from tests.bus.test_round_trip import data_for
 from tests.conftest import Service, token
+from tests.ports import free_port
 
 MODEL = "smollm2-135m-instruct"
 N_CTX = 4096
@@ -53,17 +53,12 @@ class LlamaServer:
     output: deque[str]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
 
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[LlamaServer]:
     """`python -m llama_cpp.server` on a free loopback port, ready once uvicorn says so and
     /v1/models answers; stopped (and waited for) at the end of the session."""
-    port = _free_port()
+    port = free_port()
     # One thread: llama.cpp's threads spin while they wait for each other, and on two cores
     # shared with the broker, Redis and the tests, two threads ran ~7x slower than one.
     process = subprocess.Popen(

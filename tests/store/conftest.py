@@ -21,6 +21,7 @@ from llm_consumer.store.keys import Keys
 from llm_consumer.store.limits_config import LimitsConfig, ModelRates, Rate
 from llm_consumer.store.usage import Price
 from tests.conftest import REDIS_URL
+from tests.ports import free_port
 
 
 @pytest.fixture
@@ -60,11 +61,6 @@ def make_guard(redis: aioredis.Redis, keys: Keys, **overrides: Any) -> Guard:
 def guard_factory(redis: aioredis.Redis, keys: Keys) -> Callable[..., Guard]:
     return lambda **overrides: make_guard(redis, keys, **overrides)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
