@@ -18,8 +18,6 @@ import httpx2
 import openai
 import orjson
 import structlog
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from pydantic import ValidationError
 
 from llm_consumer import metrics
 from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
@@ -32,6 +30,13 @@ from llm_consumer.providers.capabilities import (
     CapabilityBook,
     StructuredSetting,
     TokenSetting,
+)
+from llm_consumer.providers.chat_wire import (
+    Completion,
+    NotACompletion,
+    ReportedUsage,
+    StreamedCompletion,
+    completion_of,
 )
 from llm_consumer.providers.fallback_policy import next_step
 from llm_consumer.providers.openai_errors import RequestRefused, scrub, translate_error
@@ -51,7 +56,8 @@ class StreamBroken(TransientFailure):
     """The connection dropped after some text had been streamed."""
 
 
-def _usage(model: str, system: str, job: TextJob, text: str, reported: Any) -> TokenUsage:
+def _usage(model: str, system: str, job: TextJob, text: str,
+           reported: ReportedUsage | None) -> TokenUsage:
     """The server's count, or (when it sends none, as some do on streams) the tokenizer's."""
     if reported is not None:
         return TokenUsage(prompt_tokens=reported.prompt_tokens,
@@ -223,10 +229,11 @@ class OpenAITextProvider:
         Headers go to the observer; errors are translated."""
         try:
             if stream:
+                # Chunks come out as decoded JSON (`object`), read by chat_wire.
                 answer: Any = await self._client.post(
-                    "/chat/completions", cast_to=ChatCompletionChunk, content=body,
+                    "/chat/completions", cast_to=object, content=body,
                     options=_with_trace(JSON_BODY), stream=True,
-                    stream_cls=openai.AsyncStream[ChatCompletionChunk])
+                    stream_cls=openai.AsyncStream[object])
                 response = answer.response
             else:
                 answer = response = await self._client.post(
@@ -251,60 +258,42 @@ class OpenAITextProvider:
                      fields: dict[str, Any]) -> TextCompletion:
         raw: httpx2.Response = await self._post(model, orjson.dumps(fields), stream=False)
         try:
-            response = ChatCompletion.model_validate(orjson.loads(raw.content))
-        except (orjson.JSONDecodeError, ValidationError) as err:
+            answer = completion_of(raw.content)
+        except NotACompletion as err:
             raise TransientFailure(f"openai answered with no usable completion: {scrub(str(err))}",
                                    code="provider_unavailable") from err
-        if not response.choices:
-            raise TransientFailure("openai answered with no choices", code="provider_unavailable")
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        _check_answer(text, choice.message.refusal, choice.finish_reason)
-        return TextCompletion(text=text, model_used=response.model or model,
-                              usage=_usage(model, self._system(job, caps), job, text,
-                                           response.usage),
-                              finish_reason=choice.finish_reason)
+        return self._finished(job, model, caps, answer)
+
+    def _finished(self, job: TextJob, model: str, caps: Capabilities,
+                  answer: Completion) -> TextCompletion:
+        _check_answer(answer.text, answer.refusal, answer.finish_reason)
+        return TextCompletion(text=answer.text, model_used=answer.model or model,
+                              usage=_usage(model, self._system(job, caps), job, answer.text,
+                                           answer.usage),
+                              finish_reason=answer.finish_reason)
 
     async def _stream(self, job: TextJob, model: str, caps: Capabilities,
                       fields: dict[str, Any], sink: StreamSink) -> TextCompletion:
         stream = await self._post(model, orjson.dumps(fields), stream=True)
-        parts: list[str] = []
-        refusal: list[str] = []
-        finish_reason: str | None = None
-        usage: Any = None
-        model_used = model
+        answer = StreamedCompletion()
         try:
             async for chunk in stream:
-                assert isinstance(chunk, ChatCompletionChunk)
-                model_used = chunk.model or model_used
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                finish_reason = choice.finish_reason or finish_reason
-                if choice.delta.refusal:
-                    refusal.append(choice.delta.refusal)
-                if choice.delta.content:
-                    parts.append(choice.delta.content)
-                    await sink.delta(choice.delta.content)
+                delta = answer.take(chunk)
+                if delta is not None:
+                    await sink.delta(delta)
         except openai.OpenAIError as err:
             error = translate_error(err, model)
-            if parts:
-                raise StreamBroken(f"stream broke after {len(parts)} chunks: {error.message}",
-                                   code="provider_unavailable") from err
+            if answer.parts:
+                raise StreamBroken(f"stream broke after {len(answer.parts)} chunks: "
+                                   f"{error.message}", code="provider_unavailable") from err
             raise error from err
-        if finish_reason is None:  # llama-cpp-python ends a stream so when another request
-            # interrupts it (its default): the answer is unfinished, not empty
+        if answer.finish_reason is None:  # llama-cpp-python ends a stream so when another
+            # request interrupts it (its default): the answer is unfinished, not empty
             message = f"the stream from {model} ended before the answer finished"
-            if parts:
+            if answer.parts:
                 raise StreamBroken(message, code="provider_unavailable")
             raise TransientFailure(message, code="provider_unavailable")
-        text = "".join(parts)
-        _check_answer(text, "".join(refusal) or None, finish_reason)
-        return TextCompletion(text=text, model_used=model_used,
-                              usage=_usage(model, self._system(job, caps), job, text, usage),
-                              finish_reason=finish_reason)
+        return self._finished(job, model, caps, answer.result())
 
     async def aclose(self) -> None:
         await self._client.close()
