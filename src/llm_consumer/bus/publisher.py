@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -121,7 +122,7 @@ class Publisher:
             await self._publish_notice(envelope, message, reply_to)
             return
         try:
-            await self._hub.publish(message, routing_key=envelope.type, mandatory=keep)
+            await send(self._channel, self._hub.name, message, envelope.type, mandatory=keep)
         except PublishError as error:
             if not _is_return(error):
                 raise
@@ -129,7 +130,7 @@ class Publisher:
             UNROUTED_WARNING(event_type=envelope.type, event_id=envelope.id)
             message.headers = {ORIGINAL_ROUTING_KEY_HEADER: envelope.type,
                                ORIGINAL_EXCHANGE_HEADER: self._hub.name}
-            await self._default().publish(message, routing_key=self._topology.unrouted.name)
+            await send(self._channel, "", message, self._topology.unrouted.name)
         if reply_to:
             await self._send_reply(envelope, reply_to)
 
@@ -138,10 +139,10 @@ class Publisher:
         assert self._notices is not None
         notice_channel, notice_hub = self._notices
         try:
-            await notice_hub.publish(message, routing_key=envelope.type, mandatory=False)
+            await send(notice_channel, notice_hub.name, message, envelope.type, mandatory=False)
             if reply_to:
-                await notice_channel.default_exchange.publish(
-                    event_message(envelope), routing_key=reply_to, mandatory=False)
+                await send(notice_channel, "", event_message(envelope), reply_to,
+                           mandatory=False)
         except BROKER_DOWN_ERRORS as error:
             metrics.NOTICES_DROPPED.labels(envelope.type).inc()
             NOTICE_DROPPED_WARNING(event_type=envelope.type, error=type(error).__name__)
@@ -149,8 +150,7 @@ class Publisher:
     async def _send_reply(self, envelope: Envelope, reply_to: str) -> None:
         # A caller that stopped waiting has taken its reply queue away; that is not our failure.
         try:
-            await self._default().publish(event_message(envelope), routing_key=reply_to,
-                                          mandatory=True)
+            await send(self._channel, "", event_message(envelope), reply_to, mandatory=True)
         except PublishError as error:
             if not _is_return(error):
                 raise
@@ -162,7 +162,7 @@ class Publisher:
         carrying `state` (attempt, rate-limit wait so far, provider calls paid), signed."""
         step, queue = self._topology.delay_queue_for(delay_s)
         headers = self._signer.headers(incoming.message_id, state)
-        await self._default().publish(copy_of(incoming, headers), routing_key=queue.name)
+        await send(self._channel, "", copy_of(incoming, headers), queue.name)
         return step
 
     async def dead_letter(self, incoming: AbstractIncomingMessage, *, code: str,
@@ -181,7 +181,7 @@ class Publisher:
         if letter.headers is not None:  # a parked copy's mark ends here (and never replays)
             letter.headers.pop(PARKED_HEADER, None)
         try:
-            await self._dlx.publish(letter, routing_key=routing_key or "unknown")
+            await send(self._channel, self._dlx.name, letter, routing_key or "unknown")
         except DeliveryError as refused:  # a nack (queue full) or a return (nothing bound)
             await self._park(incoming, headers, code=code, reason=reason,
                              why=_refusal(refused))
@@ -193,13 +193,33 @@ class Publisher:
         step, queue = self._topology.delays[-1]
         parked = copy_of(incoming, {**headers,
                                     PARKED_HEADER: {"code": code, "message": reason}})
-        await self._default().publish(parked, routing_key=queue.name)
+        await send(self._channel, "", parked, queue.name)
         self.dead_letters.parked()
         log.error("dead_letter.parked", code=code, why=why, parked_in=queue.name,
                   back_in_s=step, parked_since_alarm=self.dead_letters.parked_count)
 
-    def _default(self) -> AbstractExchange:
-        return self._channel.default_exchange
+
+async def send(channel: AbstractChannel, exchange: str, message: aio_pika.Message,
+               routing_key: str, *, mandatory: bool = True) -> None:
+    """`Exchange.publish` (mandatory by default, as there), minus waiting until the frame
+    has been written to the socket.
+
+    aiormq holds the channel's lock from a publish until the connection's writer task has
+    written and drained its frame: each publish on a channel then waits for the one before it
+    and for two turns of the event loop. With a thousand requests in flight a turn takes
+    milliseconds, so a channel published at most a few hundred events a second and results
+    queued behind it (bench/run_all.py, platform rate). Unwaited, the lock is held only while
+    the frame enters the connection's (bounded) write queue; a confirmed publish still returns
+    once the broker confirms it, or raises what it returned or refused, in the same order.
+    What the socket has not yet taken stays bounded by the requests in flight, which each wait
+    for their result's confirm."""
+    if channel.is_closed:
+        raise ChannelInvalidStateError(f"{channel!r} closed")
+    underlay = await channel.get_underlay_channel()
+    assert isinstance(underlay, aiormq.Channel)  # its publish takes `wait`; the abc's does not
+    await underlay.basic_publish(message.body, exchange=exchange, routing_key=routing_key,
+                                 properties=message.properties, mandatory=mandatory,
+                                 wait=False)
 
 
 def _is_return(error: PublishError) -> bool:
