@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from llm_consumer.errors import PermanentFailure
 from llm_consumer.events import content
+from llm_consumer.providers import capabilities
 from llm_consumer.providers.base import TextJob
 from llm_consumer.providers.capabilities import (
     Capabilities,
@@ -367,6 +368,23 @@ async def test_once_proven_waiting_calls_run_side_by_side(
 
     assert len(server.chat_requests) == 6
     assert elapsed < 1.2, f"{elapsed:.2f} s: the calls after the first went one at a time"
+
+
+async def test_calls_behind_a_slow_probe_do_not_wait_for_its_answer(
+    server: FakeOpenAI, make_provider: ProviderFactory,
+) -> None:
+    # A probe the server has not refused within PROBE_WAIT_S was taken: the calls queued
+    # behind it go out then, not when its (slow, LLM-paced) answer arrives.
+    answer_s = capabilities.PROBE_WAIT_S + 0.5
+    server.script(reply(SAMPLE, delay_s=answer_s), *[reply(SAMPLE)] * 5)
+    provider = make_provider()
+
+    await asyncio.gather(*(provider.complete(job()) for _ in range(6)))
+
+    first, *others = sorted(r.received_at for r in server.chat_requests)
+    assert len(others) == 5
+    assert all(at < first + answer_s for at in others), "the calls waited for the probe's answer"
+    assert provider.capabilities.failed_calls == 0
 
 
 @pytest.mark.parametrize("kind", list(content.CONTENT_MODELS), ids=lambda k: k.value)

@@ -7,9 +7,11 @@ Servers in the wild differ from OpenAI's API: llama-cpp-python's server refuses
 best guess and steps down one rung when a refusal names what it refused: each step costs at most
 one failed call, and the answer is remembered in this process per (base URL, model), so later
 calls pay nothing. Until a model's capabilities have served one call, calls to it go one at a
-time (each waits PROBE_WAIT_S at most, so a hung server does not queue them all), and a burst of
-concurrent requests does not pay the same failed call many times over. Settings pin a choice
-(no detection then).
+time, so a burst of concurrent requests does not pay the same failed call many times over; but
+each waits PROBE_WAIT_S at most. A server refuses a phrasing when it validates the request,
+before it generates anything, so a probe still running after that long has been taken: the
+rest need not wait for its answer (seconds, at an LLM's pace: a fresh worker under load held
+every request for one whole answer). Settings pin a choice (no detection then).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ TokenSetting = Literal["auto", "max_completion_tokens", "max_tokens"]
 # Best first: the ladder `auto` walks down.
 STRUCTURED_LADDER: tuple[StructuredMode, ...] = (
     "json_schema", "json_object_schema", "json_object", "text")
-PROBE_WAIT_S = 10.0
+PROBE_WAIT_S = 2.0  # a refusal (HTTP 400/422) takes well under this
 # Sampling parameters a model may refuse to take; dropped (with a notice) rather than failing.
 DROPPABLE_PARAMS = frozenset({"temperature", "top_p", "stop"})
 
@@ -164,7 +166,7 @@ class CapabilityBook:
             return
         try:
             await asyncio.wait_for(entry.gate.acquire(), PROBE_WAIT_S)
-        except TimeoutError:  # the probe is slow (a long answer, or a hung server): go on
+        except TimeoutError:  # the probe was taken (an answer is being generated): go on
             yield entry.caps
             return
         if entry.confirmed:  # proven while this call waited: no need to go one at a time
