@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -303,7 +304,10 @@ class StopSignals:
 
 
 async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
-                      ready: asyncio.Event | None = None) -> None:
+                      ready: asyncio.Event | None = None, freeze_heap: bool = False) -> None:
+    """The service until `stop` is set (or SIGTERM/SIGINT), then drained. `freeze_heap`: a
+    process of its own (`run`) moves what start-up built out of the garbage collector's sight
+    before it consumes (see `freeze_startup_heap`)."""
     stop = stop or asyncio.Event()
     tracing.configure(settings.tracing, settings.event_source.strip("/") or "llm-consumer")
     loop = asyncio.get_running_loop()
@@ -372,6 +376,8 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
             guard=guard,
             queue_index=queue_index,
         )
+        if freeze_heap:
+            freeze_startup_heap()
         await _subscribe(broker, consumer, settings)
         if queue_index is not None:
             reporting = await _serve_queue_index(broker, queue_index, consumer, settings)
@@ -403,6 +409,16 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     log.info("service.stopped")
+
+
+def freeze_startup_heap() -> None:
+    """Collect once, then freeze what is left: modules, clients, schemas and settings (about
+    140,000 objects, live for the whole run). A full collection walks every tracked object;
+    with a thousand requests in flight it paused the event loop for 180-400 ms, and the
+    start-up heap alone is 90 ms of that. Frozen objects are still freed by reference
+    counting; only the collector stops looking at them."""
+    gc.collect()
+    gc.freeze()
 
 
 def build_queue_index(settings: Settings, redis: RedisClient, topology: Topology,
