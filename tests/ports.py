@@ -19,7 +19,7 @@ _LOWEST = 10000  # below: well-known and registered services
 _handed_out: set[int] = set()
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def ephemeral_range() -> tuple[int, int]:
     try:
         low, high = (int(part) for part in _RANGE_FILE.read_text().split())
     except (OSError, ValueError):
@@ -28,11 +28,11 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def _candidates() -> list[int]:
-    low, high = _ephemeral_range()
+    low, high = ephemeral_range()
     return [*range(_LOWEST, low), *range(high + 1, 65536)]
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))
@@ -48,7 +48,7 @@ def free_port() -> int:
         if not candidates:
             break
         port = random.choice(candidates)
-        if port not in _handed_out and _bindable(port):
+        if port not in _handed_out and bindable(port):
             _handed_out.add(port)
             return port
     with socket.socket() as sock:  # no room outside the ephemeral range on this machine

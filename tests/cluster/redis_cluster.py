@@ -10,35 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.ports import bindable, ephemeral_range, free_port
+
 NODE_TIMEOUT_MS = 1000
 START_TIMEOUT_S = 30.0
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def cluster_ports(count: int) -> list[int]:
-    """Ports whose cluster bus port (+10000) is free as well."""
+    """Ports whose cluster bus port (+10000) is free as well, both below the kernel's ephemeral
+    range (tests/ports.py), so a node restarted on its ports finds them free."""
+    low, _ = ephemeral_range()
     found: list[int] = []
     while len(found) < count:
-        port = random.randint(20000, 29999)
-        if port not in found and _bindable(port) and _bindable(port + 10000):
+        port = free_port()
+        if port + 10000 < low and bindable(port + 10000):
             found.append(port)
     return found
 
