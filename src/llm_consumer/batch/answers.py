@@ -6,12 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from openai.types.chat import ChatCompletion
-from pydantic import ValidationError
-
 from llm_consumer.errors import ErrorCode, PermanentFailure
 from llm_consumer.events.results import TokenUsage
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, TextProvider
+from llm_consumer.providers.chat_wire import NotACompletion, completion_from
 from llm_consumer.providers.openai_batch import BatchState
 from llm_consumer.providers.openai_errors import scrub
 
@@ -46,8 +44,10 @@ class ReplayProvider:
         return None
 
 
-def line_outcome(line: dict[str, Any] | None, state: BatchState) -> TextCompletion | Failure:
-    """What one entry's output or error line (or its absence) means."""
+def line_outcome(line: dict[str, Any] | None, state: BatchState, *,
+                 model: str) -> TextCompletion | Failure:
+    """What one entry's output or error line (or its absence) means (`model`: the one the entry
+    was batched for, when the answer names none)."""
     if line is None:
         return unrun(state)
     error = line.get("error")
@@ -65,24 +65,20 @@ def line_outcome(line: dict[str, Any] | None, state: BatchState) -> TextCompleti
     if status != 200:
         return _http_failure(status, body)
     try:
-        completion = ChatCompletion.model_validate(body)
-    except ValidationError:
-        return Failure("provider_unavailable", "openai batch: the answer was no completion",
-                       True)
-    if not completion.choices:
-        return Failure("provider_unavailable", "openai batch: the answer had no choices", True)
-    choice = completion.choices[0]
-    if choice.message.refusal:
-        return Failure("content_policy", f"openai refused: {scrub(choice.message.refusal)}",
-                       False)
-    usage = completion.usage
+        answer = completion_from(body)
+    except NotACompletion as err:
+        return Failure("provider_unavailable", f"openai batch: the answer was no completion "
+                       f"({err})", True)
+    if answer.refusal:
+        return Failure("content_policy", f"openai refused: {scrub(answer.refusal)}", False)
+    usage = answer.usage
     return TextCompletion(
-        text=choice.message.content or "", model_used=completion.model,
+        text=answer.text, model_used=answer.model or model,
         usage=TokenUsage(prompt_tokens=usage.prompt_tokens if usage else 0,
                          completion_tokens=usage.completion_tokens if usage else 0,
                          total_tokens=usage.total_tokens if usage else 0,
                          estimated=usage is None),
-        finish_reason=choice.finish_reason)
+        finish_reason=answer.finish_reason)
 
 
 def _http_failure(status: int, body: dict[str, Any]) -> Failure:

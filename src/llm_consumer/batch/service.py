@@ -345,7 +345,7 @@ class BatchService:
 
     async def _publish(self, entry: Entry, line: dict[str, Any] | None,
                        state: BatchState) -> bool:
-        outcome = line_outcome(line, state)
+        outcome = line_outcome(line, state, model=entry.model)
         if isinstance(outcome, TextCompletion):
             replies_or_failure = await self._answer(entry, outcome)
         else:

@@ -1,10 +1,11 @@
 """Chat Completions answers read as plain data: a completion's JSON body, or a stream's chunks.
 
 The SDK's pydantic models cost more than the rest of the service's work on a streamed answer
-(one model per chunk, 60% of the streaming profile) and about a tenth of it on a plain call.
-The service reads five fields, so it reads them from the decoded JSON and checks their types
-itself: a body that is no completion raises `NotACompletion`; a field of the wrong type counts
-as absent (a missing usage is then estimated, as for servers that send none).
+(one model per chunk, 60% of the streaming profile). The service reads five fields, so it
+reads them from the decoded JSON and checks their types itself: a body that is no completion
+raises `NotACompletion`; a field of the wrong type counts as absent (a missing usage is then
+estimated, as for servers that send none). Live calls and Batch API output lines
+(batch/answers.py) are read the same way.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def completion_of(body: bytes) -> Completion:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as err:
         raise NotACompletion(f"not JSON: {err}") from err
+    return completion_from(data)
+
+
+def completion_from(data: Any) -> Completion:
+    """The first choice of a chat completion already decoded (a Batch API output line's
+    `response.body`)."""
     choices = _mapping(data).get("choices")
     if not isinstance(choices, list) or not choices:
         raise NotACompletion("no choices")
