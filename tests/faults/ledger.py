@@ -177,17 +177,16 @@ async def collect(settings: Settings, bindings: Iterable[str] = RESULT_TYPES, *,
     collector = Collector(settings, bindings, url=url)
     await collector.declare()  # bound before anything is published
     task = asyncio.create_task(collector.run())
+    failed = True
     try:
         yield collector
-    except BaseException:
-        # The test already failed: its own error is the one to show, not the clean-up's (a
-        # broker the fault left down cannot delete the queue).
-        with contextlib.suppress(Exception):
+        failed = False
+    finally:
+        # When the test already failed, its own error is the one to show, not the clean-up's
+        # (a broker the fault left down cannot delete the queue).
+        with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
             await collector.stop(task)
             await collector.delete()
-        raise
-    await collector.stop(task)
-    await collector.delete()
 
 
 # --------------------------------------------------------------------------- requests
