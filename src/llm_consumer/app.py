@@ -56,6 +56,7 @@ from llm_consumer.providers.openai_batch import OpenAIBatchClient
 from llm_consumer.providers.openai_images import OpenAIImageProvider
 from llm_consumer.settings import Settings
 from llm_consumer.slo import SloPolicy
+from llm_consumer.store.capabilities import RedisCapabilities
 from llm_consumer.store.client import RedisClient, open_redis, verify_redis
 from llm_consumer.store.guard import Guard, Policy
 from llm_consumer.store.health import RedisHealth
@@ -124,7 +125,9 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
 
 
 def build_text_provider(settings: Settings, observe: HeaderObserver | None = None,
-                        ) -> TextProvider:
+                        redis: RedisClient | None = None) -> TextProvider:
+    """OpenAI's (or a compatible server's) when a key is set, else the embedded model. With
+    `redis`, what the provider learns of the server is shared with the other processes."""
     if settings.openai_api_key is not None:
         from llm_consumer.providers.openai_text import OpenAITextProvider
 
@@ -136,6 +139,8 @@ def build_text_provider(settings: Settings, observe: HeaderObserver | None = Non
             structured_output=settings.openai_structured_output,
             token_limit_param=settings.openai_token_limit_param,
             observe=observe,
+            shared_capabilities=(RedisCapabilities(redis, Keys(settings.redis_prefix))
+                                 if redis is not None else None),
             breakers=BreakerBoard("openai", threshold=settings.breaker_failure_threshold,
                                   cooldown_s=settings.breaker_cooldown_s,
                                   models=(settings.openai_model,
@@ -328,7 +333,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         stack.push_async_callback(ledger.retire)
         await ledger.heartbeat()
         guard = build_guard(settings, redis, ledger, health)
-        text = build_text_provider(settings, observe=guard.observe)
+        text = build_text_provider(settings, observe=guard.observe, redis=redis)
         stack.push_async_callback(text.aclose)
         images = build_image_service(settings)
         stack.push_async_callback(images.aclose)

@@ -35,7 +35,7 @@ async def warm(settings: Settings, redis: RedisClient, items: list[Item], concur
     from llm_consumer.handlers.routes import route
 
     guard = build_guard(settings, redis)
-    text = build_text_provider(settings, observe=guard.observe)
+    text = build_text_provider(settings, observe=guard.observe, redis=redis)
     metered = MeteredText(text, guard, text_fallbacks(settings))
     deps = Deps(text=metered, windows=context_windows(settings, text),
                 metered_text=metered.for_request)

@@ -12,6 +12,12 @@ each waits PROBE_WAIT_S at most. A server refuses a phrasing when it validates t
 before it generates anything, so a probe still running after that long has been taken: the
 rest need not wait for its answer (seconds, at an LLM's pace: a fresh worker under load held
 every request for one whole answer). Settings pin a choice (no detection then).
+
+What one process proves is also written to a `SharedBook` (Redis, `store/capabilities.py`) and
+read by every process before its first call to a model: a restarted or added worker starts from
+what the deployment already knows, with no probe and no wait (under load a probe held every
+request of a fresh worker for up to PROBE_WAIT_S). A stale shared entry costs what a wrong
+guess costs: one refusal, then the book adapts and writes the new answer back.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Protocol, get_args
 
+import orjson
 import structlog
 
 log = structlog.get_logger(__name__)
@@ -58,6 +65,36 @@ class Capabilities:
     token_param: TokenParam = "max_completion_tokens"
     stream_options: bool = True  # False once the server refused `stream_options`
     dropped: frozenset[str] = frozenset()  # sampling parameters the model refuses
+
+
+def encode(caps: Capabilities) -> bytes:
+    return orjson.dumps({**asdict(caps), "dropped": sorted(caps.dropped)})
+
+
+def decode(raw: bytes) -> Capabilities | None:
+    """Capabilities read back from the shared book, or None when they are not ones this code
+    would have written (another version's, or damaged)."""
+    try:
+        data: Any = orjson.loads(raw)
+        caps = Capabilities(structured=data["structured"], strict=data["strict"],
+                            token_param=data["token_param"],
+                            stream_options=data["stream_options"],
+                            dropped=frozenset(data["dropped"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    fits = (caps.structured in STRUCTURED_LADDER and caps.token_param in get_args(TokenParam)
+            and isinstance(caps.strict, bool) and isinstance(caps.stream_options, bool)
+            and caps.dropped <= DROPPABLE_PARAMS)
+    return caps if fits else None
+
+
+class SharedBook(Protocol):
+    """Capabilities proven by any process of the deployment, by scope (base URL, model and
+    the pinned settings). Never raises: an unreachable store reads as empty."""
+
+    async def load(self, scope: str) -> bytes | None: ...
+
+    async def save(self, scope: str, value: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,20 +169,27 @@ def _next_token_param(sent: Capabilities, refusal: Refusal) -> Capabilities | No
 class _Entry:
     caps: Capabilities
     confirmed: bool = False  # a call with these capabilities succeeded
+    consulted: bool = False  # the shared book was read for this model
     gate: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class CapabilityBook:
-    """Capabilities per model of one base URL, learnt in this process (not shared between
-    replicas: each pays its own detection, at most one failed call per step)."""
+    """Capabilities per model of one base URL, learnt in this process (at most one failed call
+    per step) and, with a `shared` book, taken from and given to the other processes."""
 
     def __init__(self, base_url: str, *, structured: StructuredSetting = "auto",
-                 token_param: TokenSetting = "auto") -> None:
+                 token_param: TokenSetting = "auto", shared: SharedBook | None = None) -> None:
         self.base_url = base_url
         self.structured_setting: StructuredSetting = structured
         self.token_setting: TokenSetting = token_param
+        self._shared = shared
         self._entries: dict[str, _Entry] = {}
         self.failed_calls = 0  # calls refused while learning (reported in logs and tests)
+        self.shared_hits = 0  # models whose capabilities came from the shared book
+
+    def _scope(self, model: str) -> str:
+        """What shared capabilities hold for: the server, the model and the pinned settings."""
+        return "\0".join((self.base_url, model, self.structured_setting, self.token_setting))
 
     def _entry(self, model: str) -> _Entry:
         entry = self._entries.get(model)
@@ -169,6 +213,8 @@ class CapabilityBook:
         except TimeoutError:  # the probe was taken (an answer is being generated): go on
             yield entry.caps
             return
+        if not entry.confirmed and not entry.consulted:
+            await self._consult(model, entry)
         if entry.confirmed:  # proven while this call waited: no need to go one at a time
             entry.gate.release()
             yield entry.caps
@@ -178,14 +224,34 @@ class CapabilityBook:
         finally:
             entry.gate.release()
 
-    def confirm(self, model: str, caps: Capabilities) -> None:
+    async def _consult(self, model: str, entry: _Entry) -> None:
+        """Take what another process proved for `model`, if the shared book has it."""
+        entry.consulted = True
+        if self._shared is None:
+            return
+        raw = await self._shared.load(self._scope(model))
+        caps = decode(raw) if raw is not None else None
+        if caps is None:
+            return
+        entry.caps, entry.confirmed = caps, True
+        self.shared_hits += 1
+        log.info("provider.capabilities", base_url=self.base_url, model=model,
+                 structured=caps.structured, strict=caps.strict, token_param=caps.token_param,
+                 dropped=sorted(caps.dropped), source="shared")
+
+    async def _share(self, model: str, caps: Capabilities) -> None:
+        if self._shared is not None:
+            await self._shared.save(self._scope(model), encode(caps))
+
+    async def confirm(self, model: str, caps: Capabilities) -> None:
         entry = self._entry(model)
         if entry.caps == caps and not entry.confirmed:
             entry.confirmed = True
             log.info("provider.capabilities", base_url=self.base_url, model=model,
                      structured=caps.structured, strict=caps.strict,
                      token_param=caps.token_param, dropped=sorted(caps.dropped),
-                     failed_calls=self.failed_calls)
+                     failed_calls=self.failed_calls, source="probe")
+            await self._share(model, caps)
 
     def adapt(self, model: str, sent: Capabilities, refusal: Refusal,
               fields: frozenset[str]) -> Capabilities | None:
@@ -229,7 +295,7 @@ class CapabilityBook:
             return _next_structured(sent, refusal)
         return None
 
-    def limit_ignored(self, model: str, sent: Capabilities) -> None:
+    async def limit_ignored(self, model: str, sent: Capabilities) -> None:
         """The server wrote more tokens than the limit asked: it does not read that parameter."""
         if self.token_setting != "auto" or sent.token_param != "max_completion_tokens":
             return
@@ -238,3 +304,5 @@ class CapabilityBook:
             entry.caps = replace(sent, token_param="max_tokens")
             log.info("provider.capability_changed", base_url=self.base_url, model=model,
                      token_param="max_tokens", reason="max_completion_tokens was ignored")
+            if entry.confirmed:
+                await self._share(model, entry.caps)

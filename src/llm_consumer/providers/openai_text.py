@@ -28,6 +28,7 @@ from llm_consumer.providers.breaker import BreakerBoard, CircuitOpen, trips
 from llm_consumer.providers.capabilities import (
     Capabilities,
     CapabilityBook,
+    SharedBook,
     StructuredSetting,
     TokenSetting,
 )
@@ -87,14 +88,16 @@ class OpenAITextProvider:
                  observe: HeaderObserver | None = None,
                  structured_output: StructuredSetting = "auto",
                  token_limit_param: TokenSetting = "auto",
-                 breakers: BreakerBoard | None = None) -> None:
+                 breakers: BreakerBoard | None = None,
+                 shared_capabilities: SharedBook | None = None) -> None:
         self.model = model
         self._fallbacks = fallback_models
         self.breakers = breakers or BreakerBoard(self.name, models=(model, *fallback_models))
         self._observe = observe
         self.capabilities = CapabilityBook(base_url or OPENAI_BASE_URL,
                                            structured=structured_output,
-                                           token_param=token_limit_param)
+                                           token_param=token_limit_param,
+                                           shared=shared_capabilities)
         # aiohttp rather than the default httpx2 transport: about a fifth less CPU per call
         # with hundreds in flight (bench/run_all.py --profile).
         self._client = openai.AsyncOpenAI(
@@ -180,11 +183,11 @@ class OpenAITextProvider:
                 refused.adapted = self.capabilities.adapt(model, caps, refused.refusal,
                                                           frozenset(fields))
                 raise
-            self.capabilities.confirm(model, caps)
+            await self.capabilities.confirm(model, caps)
         limit = job.max_tokens
         if (limit is not None and not completion.usage.estimated
                 and completion.usage.completion_tokens > limit):
-            self.capabilities.limit_ignored(model, caps)
+            await self.capabilities.limit_ignored(model, caps)
         return completion
 
     @staticmethod

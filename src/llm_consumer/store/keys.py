@@ -72,6 +72,11 @@ class Keys:
     def rate_notice(self, event: str, scope: str, key: str) -> str:
         return f"{self.prefix}rln:{LIMITS_TAG}:{event}:{scope}:{key}"
 
+    # provider capabilities proven by any process (store/capabilities.py)
+
+    def capabilities(self, scope_digest: str) -> str:
+        return f"{self.prefix}caps:{scope_digest}"
+
     # usage analytics, one hash per UTC day
 
     def usage_day(self, day: str) -> str:
