@@ -69,9 +69,9 @@ async def delete_topology(settings: Settings) -> None:
 class Service:
     """The real service running in this event loop, and a peer's way to talk to it."""
 
-    def __init__(self, settings: Settings, *, freeze_heap: bool = False) -> None:
+    def __init__(self, settings: Settings, *, tune_gc: bool = False) -> None:
         self.settings = settings
-        self.freeze_heap = freeze_heap  # as `run` does, in a process of its own
+        self.tune_gc = tune_gc  # as `run` does, in a process of its own
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -79,7 +79,7 @@ class Service:
     async def start(self) -> None:
         self.task = asyncio.create_task(run_service(self.settings, stop=self.stop,
                                                     ready=self.ready,
-                                                    freeze_heap=self.freeze_heap))
+                                                    tune_gc=self.tune_gc))
         done, _ = await asyncio.wait({self.task, asyncio.create_task(self.ready.wait())},
                                      timeout=30, return_when=asyncio.FIRST_COMPLETED)
         if self.task in done:

@@ -72,7 +72,7 @@ def run(
     from llm_consumer.app import run_service
 
     use_event_loop(settings.event_loop)
-    run_command(run_service(settings, freeze_heap=True), settings)
+    run_command(run_service(settings, tune_gc=True), settings)
 
 
 def use_event_loop(name: str) -> None:
