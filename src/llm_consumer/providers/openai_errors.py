@@ -19,6 +19,7 @@ import openai
 
 from llm_consumer.errors import ModelUnavailable, PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.providers.capabilities import Capabilities, Refusal
+from llm_consumer.providers.chat_http import StatusFailure, StreamFailed, TransportFailure
 
 _CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
 MAX_MESSAGE_CHARS = 300
@@ -122,25 +123,28 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None)
     return max(0.0, parsed.timestamp() - current)
 
 
-def _error_fields(err: openai.APIStatusError) -> tuple[str, str, str | None]:
-    """(code, message, param) from OpenAI's error body, which the SDK already unwrapped from
-    `error`."""
+def _sdk_status(err: openai.APIStatusError) -> StatusFailure:
+    """The SDK's status error as the fields of OpenAI's error body (which the SDK already
+    unwrapped from `error`)."""
     body = err.body if isinstance(err.body, Mapping) else {}
     code = err.code or str(body.get("code") or "") or str(body.get("type") or "")
     message = str(body.get("message") or body.get("detail") or err.message)
     param = err.param or (str(body["param"]) if body.get("param") else None)
-    return code, message, param
+    return StatusFailure(err.status_code, err.response.headers, message, code=code or None,
+                         param=param, type=err.type)
 
 
-def _translate_status(err: openai.APIStatusError, model: str) -> ServiceError:
-    status = err.status_code
-    code, raw_message, param = _error_fields(err)
+def status_error(failure: StatusFailure, model: str) -> ServiceError:
+    """An error answer (status, OpenAI's error fields) as the service's error."""
+    status = failure.status
+    code = failure.code or failure.type or ""
+    raw_message = failure.message
     message = scrub(raw_message)
     detail = f"openai {status}: {message}"
     if status == 429:
-        if code == "insufficient_quota" or err.type == "insufficient_quota":
+        if code == "insufficient_quota" or failure.type == "insufficient_quota":
             return PermanentFailure(detail, code="quota_exhausted")
-        retry_after = retry_after_seconds(err.response.headers)
+        retry_after = retry_after_seconds(failure.headers)
         return TransientFailure(detail, code="rate_limited", retry_after_s=retry_after)
     if status == 400 and code == "model_not_found":  # llama-cpp-python says so with a 400
         return ModelUnavailable(f"openai has no model {model!r}: {message}", code="no_provider")
@@ -149,7 +153,7 @@ def _translate_status(err: openai.APIStatusError, model: str) -> ServiceError:
             return PermanentFailure(detail, code="context_length_exceeded")
         if code in _CONTENT_POLICY_CODES or "safety system" in message.lower():
             return PermanentFailure(detail, code="content_policy")
-        return RequestRefused(detail, Refusal(status, message, param, code or None))
+        return RequestRefused(detail, Refusal(status, message, failure.param, code or None))
     if status in (401, 403):
         return PermanentFailure(
             f"openai rejected the API key ({status}): {message}", code="no_provider"
@@ -165,8 +169,22 @@ def _translate_status(err: openai.APIStatusError, model: str) -> ServiceError:
     return PermanentFailure(detail, code="invalid_request")
 
 
+def call_error(err: TransportFailure | StatusFailure | StreamFailed, model: str) -> ServiceError:
+    """A failed call of chat_http as the service's error."""
+    if isinstance(err, StatusFailure):
+        return status_error(err, model)
+    if isinstance(err, StreamFailed):
+        return TransientFailure(f"openai error: {scrub(str(err))}", code="provider_unavailable")
+    if err.timed_out:
+        return TransientFailure(f"openai request timed out ({model})", code="timeout")
+    if err.refused:
+        return TransientFailure(f"openai unreachable ({model}): connection refused",
+                                code="provider_unavailable")
+    return TransientFailure(f"openai unreachable: {scrub(str(err))}", code="provider_unavailable")
+
+
 def translate_error(err: openai.OpenAIError, model: str) -> ServiceError:
-    """Map one SDK exception onto the llm_consumer error tree."""
+    """Map one SDK exception (the Batch and Images APIs' client) onto the service's errors."""
     if isinstance(err, openai.APITimeoutError) and not _refused(err):
         return TransientFailure(f"openai request timed out ({model})", code="timeout")
     if isinstance(err, openai.APITimeoutError):
@@ -176,7 +194,7 @@ def translate_error(err: openai.OpenAIError, model: str) -> ServiceError:
         return TransientFailure(f"openai unreachable: {scrub(err.message)}",
                                 code="provider_unavailable")
     if isinstance(err, openai.APIStatusError):
-        return _translate_status(err, model)
+        return status_error(_sdk_status(err), model)
     # Malformed responses and anything else the SDK raises: the provider misbehaved.
     return TransientFailure(f"openai error: {scrub(str(err))}", code="provider_unavailable")
 

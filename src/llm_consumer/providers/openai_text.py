@@ -1,8 +1,8 @@
 """OpenAI (or any OpenAI-compatible server) chat completions with structured output.
 
 One job walks the model chain (requested or default model, then `OPENAI_FALLBACK_MODELS`):
-`fallback_policy.next_step` decides after each failure. The SDK's own retries are off so that
-calls never multiply behind our back. A stream that breaks after text was sent restarts on the
+`fallback_policy.next_step` decides after each failure. Calls go out through `chat_http`
+(plain aiohttp, no retries of its own), so they never multiply behind our back. A stream that breaks after text was sent restarts on the
 next model and tells the sink to drop what it had. How each call is phrased (structured-output
 mode, token-limit parameter, parameters a model refuses) comes from `capabilities`: a refusal
 that a different phrasing avoids is retried at once on the same model, and remembered.
@@ -14,8 +14,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-import httpx2
-import openai
+import aiohttp
 import orjson
 import structlog
 
@@ -32,6 +31,14 @@ from llm_consumer.providers.capabilities import (
     StructuredSetting,
     TokenSetting,
 )
+from llm_consumer.providers.chat_http import (
+    ChatEndpoint,
+    StreamFailed,
+    TransportFailure,
+    events,
+    failure_of,
+    read,
+)
 from llm_consumer.providers.chat_wire import (
     Completion,
     NotACompletion,
@@ -40,14 +47,13 @@ from llm_consumer.providers.chat_wire import (
     completion_of,
 )
 from llm_consumer.providers.fallback_policy import next_step
-from llm_consumer.providers.openai_errors import RequestRefused, scrub, translate_error
+from llm_consumer.providers.openai_errors import RequestRefused, call_error, scrub
 from llm_consumer.providers.response_format import response_format, schema_instruction
 from llm_consumer.tracing import outgoing
 
 log = structlog.get_logger(__name__)
 
 
-JSON_BODY: openai.RequestOptions = {"headers": {"Content-Type": "application/json"}}
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Steps down one call may take (structured-output rungs, token parameter, dropped parameters).
 MAX_ADAPTATIONS = 6
@@ -98,11 +104,8 @@ class OpenAITextProvider:
                                            structured=structured_output,
                                            token_param=token_limit_param,
                                            shared=shared_capabilities)
-        # aiohttp rather than the default httpx2 transport: about a fifth less CPU per call
-        # with hundreds in flight (bench/run_all.py --profile).
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0,
-            http_client=openai.DefaultAioHttpClient(timeout=timeout_s))
+        # Plain aiohttp, not the SDK's client (chat_http.py says why); no retries of its own.
+        self._endpoint = ChatEndpoint(api_key, base_url or OPENAI_BASE_URL, timeout_s=timeout_s)
 
     def models_for(self, requested: str | None) -> tuple[str, ...]:
         chain = (requested or self.model, *self._fallbacks)
@@ -223,32 +226,20 @@ class OpenAITextProvider:
                 body["stream_options"] = {"include_usage": True}
         return body
 
-    async def _post(self, model: str, body: bytes, *, stream: bool) -> Any:
-        """One HTTP call through the SDK's client (auth, base URL, time-out, error types).
-
-        The body goes out as bytes we encoded: the typed `chat.completions.create` walks every
-        argument through the SDK's parameter transform (about 1 ms of CPU per call, a tenth of
-        the service's whole cost per request) and encodes with the standard json module.
-        Headers go to the observer; errors are translated."""
+    async def _post(self, model: str, body: bytes) -> aiohttp.ClientResponse:
+        """One HTTP call of `body` (bytes we encoded), with the current trace context: the
+        response of a 2xx answer, its body unread. Headers go to the observer; an error
+        answer or a failed call raises the service's error."""
         try:
-            if stream:
-                # Chunks come out as decoded JSON (`object`), read by chat_wire.
-                answer: Any = await self._client.post(
-                    "/chat/completions", cast_to=object, content=body,
-                    options=_with_trace(JSON_BODY), stream=True,
-                    stream_cls=openai.AsyncStream[object])
-                response = answer.response
-            else:
-                answer = response = await self._client.post(
-                    "/chat/completions", cast_to=httpx2.Response, content=body,
-                    options=_with_trace(JSON_BODY))
-        except openai.APIStatusError as err:
-            await self._notify(model, err.response.headers, err.status_code)
-            raise translate_error(err, model) from err
-        except openai.OpenAIError as err:
-            raise translate_error(err, model) from err
-        await self._notify(model, response.headers, response.status_code)
-        return answer
+            response = await self._endpoint.post(body, outgoing())
+        except TransportFailure as err:
+            raise call_error(err, model) from err
+        await self._notify(model, response.headers, response.status)
+        if response.status >= 300:
+            failure = await failure_of(response)
+            response.release()
+            raise call_error(failure, model) from failure
+        return response
 
     async def _notify(self, model: str, headers: Mapping[str, str], status: int) -> None:
         if self._observe is not None:
@@ -259,9 +250,15 @@ class OpenAITextProvider:
 
     async def _plain(self, job: TextJob, model: str, caps: Capabilities,
                      fields: dict[str, Any]) -> TextCompletion:
-        raw: httpx2.Response = await self._post(model, orjson.dumps(fields), stream=False)
+        response = await self._post(model, orjson.dumps(fields))
         try:
-            answer = completion_of(raw.content)
+            body = await read(response)
+        except TransportFailure as err:
+            raise call_error(err, model) from err
+        finally:
+            response.release()
+        try:
+            answer = completion_of(body)
         except NotACompletion as err:
             raise TransientFailure(f"openai answered with no usable completion: {scrub(str(err))}",
                                    code="provider_unavailable") from err
@@ -277,19 +274,21 @@ class OpenAITextProvider:
 
     async def _stream(self, job: TextJob, model: str, caps: Capabilities,
                       fields: dict[str, Any], sink: StreamSink) -> TextCompletion:
-        stream = await self._post(model, orjson.dumps(fields), stream=True)
+        response = await self._post(model, orjson.dumps(fields))
         answer = StreamedCompletion()
         try:
-            async for chunk in stream:
+            async for chunk in events(response):
                 delta = answer.take(chunk)
                 if delta is not None:
                     await sink.delta(delta)
-        except openai.OpenAIError as err:
-            error = translate_error(err, model)
+        except (TransportFailure, StreamFailed) as err:
+            error = call_error(err, model)
             if answer.parts:
                 raise StreamBroken(f"stream broke after {len(answer.parts)} chunks: "
                                    f"{error.message}", code="provider_unavailable") from err
             raise error from err
+        finally:
+            response.release()
         if answer.finish_reason is None:  # llama-cpp-python ends a stream so when another
             # request interrupts it (its default): the answer is unfinished, not empty
             message = f"the stream from {model} ended before the answer finished"
@@ -299,12 +298,4 @@ class OpenAITextProvider:
         return self._finished(job, model, caps, answer.result())
 
     async def aclose(self) -> None:
-        await self._client.close()
-
-
-def _with_trace(options: openai.RequestOptions) -> openai.RequestOptions:
-    """The call's options with the current trace context in its headers (tracing.py)."""
-    trace_headers = outgoing()
-    if not trace_headers:
-        return options
-    return {**options, "headers": {**options.get("headers", {}), **trace_headers}}
+        await self._endpoint.aclose()
