@@ -3,20 +3,23 @@
 it, download its output and error files.
 
 Errors are translated at this boundary (openai_errors), as for realtime calls: the coordinator
-only sees the service's error tree.
+only sees the service's error tree. The SDK is imported when a client is made (BATCH_ENABLED).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import openai
 import orjson
 
 from llm_consumer.errors import ServiceError
 from llm_consumer.providers.openai_errors import translate_error
+from llm_consumer.providers.openai_sdk import LazyClient
+
+if TYPE_CHECKING:
+    import openai
 
 ENDPOINT: Final = "/v1/chat/completions"
 COMPLETION_WINDOW: Final = "24h"
@@ -59,12 +62,17 @@ def read_lines(content: bytes) -> dict[str, dict[str, Any]]:
 
 class OpenAIBatchClient:
     def __init__(self, api_key: str, *, base_url: str | None, timeout_s: float) -> None:
-        self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s,
-                                          max_retries=0)
+        self._sdk = LazyClient(api_key, base_url, timeout_s)
+
+    @property
+    def _client(self) -> openai.AsyncOpenAI:
+        return self._sdk.get()
 
     async def submit(self, lines: Iterable[tuple[str, Mapping[str, Any]]], *,
                      metadata: Mapping[str, str]) -> tuple[str, str]:
         """Upload the input file and create the batch: (file id, batch id)."""
+        import openai
+
         try:
             uploaded = await self._client.files.create(
                 file=("batch.jsonl", jsonl(lines), "application/jsonl"), purpose="batch")
@@ -76,6 +84,8 @@ class OpenAIBatchClient:
         return uploaded.id, batch.id
 
     async def state(self, batch_id: str) -> BatchState:
+        import openai
+
         try:
             batch = await self._client.batches.retrieve(batch_id)
         except openai.OpenAIError as err:
@@ -86,6 +96,8 @@ class OpenAIBatchClient:
                           errors)
 
     async def cancel(self, batch_id: str) -> None:
+        import openai
+
         try:
             await self._client.batches.cancel(batch_id)
         except openai.OpenAIError as err:
@@ -95,6 +107,8 @@ class OpenAIBatchClient:
         """An output or error file's lines by custom_id (none for no file)."""
         if not file_id:
             return {}
+        import openai
+
         try:
             content = await self._client.files.content(file_id)
         except openai.OpenAIError as err:
@@ -102,7 +116,7 @@ class OpenAIBatchClient:
         return read_lines(content.content)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._sdk.aclose()
 
 
 def _translated(err: openai.OpenAIError) -> ServiceError:

@@ -14,12 +14,14 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import UTC
-
-import openai
+from typing import TYPE_CHECKING
 
 from llm_consumer.errors import ModelUnavailable, PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.providers.capabilities import Capabilities, Refusal
 from llm_consumer.providers.chat_http import StatusFailure, StreamFailed, TransportFailure
+
+if TYPE_CHECKING:  # the SDK is imported by the clients that use it (Batch, Images), on use
+    import openai
 
 _CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
 MAX_MESSAGE_CHARS = 300
@@ -185,6 +187,8 @@ def call_error(err: TransportFailure | StatusFailure | StreamFailed, model: str)
 
 def translate_error(err: openai.OpenAIError, model: str) -> ServiceError:
     """Map one SDK exception (the Batch and Images APIs' client) onto the service's errors."""
+    import openai
+
     if isinstance(err, openai.APITimeoutError) and not _refused(err):
         return TransientFailure(f"openai request timed out ({model})", code="timeout")
     if isinstance(err, openai.APITimeoutError):

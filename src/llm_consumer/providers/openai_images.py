@@ -1,5 +1,8 @@
 """OpenAI images (GPT image models) through the openai SDK: generations and edits.
 
+The SDK is imported, and its client made, on the first image asked of OpenAI: a process that
+serves text only never loads it (about 19 MB of RSS per process).
+
 Edits send every source as an `image[]` part of one multipart request. OpenAI has no upscaler
 or face restorer, so `upscale` and `face_fix` are edits with a restoring prompt whose answer is
 resampled to the size the step promises (twice the source's, or the source's own): GPT image
@@ -12,9 +15,8 @@ import asyncio
 import base64
 import binascii
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import openai
-from openai.types import ImagesResponse
 from PIL import Image
 
 from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
@@ -28,7 +30,12 @@ from llm_consumer.images.processing import (
 )
 from llm_consumer.providers.images_base import ImageJob, ImageResult, with_negative
 from llm_consumer.providers.openai_errors import translate_error as translate_text_error
+from llm_consumer.providers.openai_sdk import LazyClient
 from llm_consumer.tracing import outgoing
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types import ImagesResponse
 
 ENHANCE_PROMPTS = {
     "upscale": "Reproduce this exact image at higher fidelity: the same composition, subjects, "
@@ -42,6 +49,8 @@ _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
 def translate_error(err: openai.OpenAIError, model: str) -> ServiceError:
     """Image-specific codes first; everything else as for chat completions."""
+    import openai
+
     if isinstance(err, openai.APIStatusError):
         body = err.body if isinstance(err.body, Mapping) else {}
         code = err.code or str(body.get("code") or "")
@@ -75,18 +84,21 @@ class OpenAIImageProvider:
     def __init__(self, api_key: str, *, base_url: str | None, model: str,
                  timeout_s: float) -> None:
         self.model = model
-        self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url,
-                                          timeout=timeout_s, max_retries=0)
+        self._sdk = LazyClient(api_key, base_url, timeout_s)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._sdk.aclose()
 
     async def run(self, job: ImageJob) -> ImageResult:
+        import openai
+        from openai.types import ImagesResponse
+
         model = job.model or self.model
         size = openai_size(job.width, job.height)
+        client = self._sdk.get()
         try:
             if job.operation == "generate":
-                response = await self._client.images.generate(
+                response = await client.images.generate(
                     model=model, prompt=with_negative(job.prompt, job.negative_prompt),
                     n=job.count, size=size, output_format=job.output_format,
                     extra_headers=outgoing())
@@ -95,7 +107,7 @@ class OpenAIImageProvider:
                     job.prompt, job.negative_prompt)
                 files = [(f"source-{i}.{EXTENSIONS[sniff_format(data)]}", data,
                           CONTENT_TYPES[sniff_format(data)]) for i, data in enumerate(job.sources)]
-                response = await self._client.images.edit(
+                response = await client.images.edit(
                     model=model, image=files, prompt=prompt, n=job.count, size=size,
                     output_format=job.output_format, extra_headers=outgoing())
         except openai.OpenAIError as err:

@@ -2,10 +2,11 @@
 
 One job walks the model chain (requested or default model, then `OPENAI_FALLBACK_MODELS`):
 `fallback_policy.next_step` decides after each failure. Calls go out through `chat_http`
-(plain aiohttp, no retries of its own), so they never multiply behind our back. A stream that breaks after text was sent restarts on the
-next model and tells the sink to drop what it had. How each call is phrased (structured-output
-mode, token-limit parameter, parameters a model refuses) comes from `capabilities`: a refusal
-that a different phrasing avoids is retried at once on the same model, and remembered.
+(plain aiohttp, no retries of its own), so they never multiply behind our back. A stream that
+breaks after text was sent restarts on the next model and tells the sink to drop what it had.
+How each call is phrased (structured-output mode, token-limit parameter, parameters a model
+refuses) comes from `capabilities`: a refusal that a different phrasing avoids is retried at
+once on the same model, and remembered.
 """
 
 from __future__ import annotations
