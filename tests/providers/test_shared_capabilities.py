@@ -5,6 +5,7 @@ probe. Stale, damaged or unreachable shared entries cost no more than having non
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -60,6 +61,22 @@ async def worker(server: FakeOpenAI, redis: aioredis.Redis,
             server.api_key, base_url=server.base_url, model=model, timeout_s=5.0,
             structured_output=structured,
             shared_capabilities=store or RedisCapabilities(redis, keys)))
+        return made[-1]
+
+    yield make
+    for provider in made:
+        await provider.aclose()
+
+
+@pytest.fixture
+async def make_plain(server: FakeOpenAI) -> AsyncIterator[Callable[..., OpenAITextProvider]]:
+    """A provider over any shared book."""
+    made: list[OpenAITextProvider] = []
+
+    def make(book: Any) -> OpenAITextProvider:
+        made.append(OpenAITextProvider(server.api_key, base_url=server.base_url,
+                                       model="smollm2", timeout_s=5.0,
+                                       shared_capabilities=book))
         return made[-1]
 
     yield make
@@ -184,3 +201,37 @@ async def test_a_callers_model_name_never_becomes_part_of_a_key(
     stored = [k.decode() async for k in redis.scan_iter(match=f"{keys.prefix}*")]
     assert len(stored) == 1
     assert re.fullmatch(re.escape(keys.prefix) + r"caps:[0-9a-f]{64}", stored[0])
+
+
+class StalledBook:
+    """A shared book whose first read never answers (a Redis that hangs), then reads empty."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def load(self, scope: str) -> bytes | None:
+        self.reads += 1
+        if self.reads == 1:
+            await asyncio.sleep(3600)
+        return None
+
+    async def save(self, scope: str, value: bytes) -> None:
+        return None
+
+
+async def test_a_call_cancelled_while_reading_the_book_leaves_the_gate_open(
+    server: FakeOpenAI, make_plain: Callable[..., OpenAITextProvider]
+) -> None:
+    server.responder = like_llama_cpp
+    provider = make_plain(StalledBook())
+    stuck = asyncio.create_task(provider.complete(job()))
+    await asyncio.sleep(0.2)
+    stuck.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stuck
+
+    started = asyncio.get_running_loop().time()
+    await provider.complete(job())
+
+    waited = asyncio.get_running_loop().time() - started
+    assert waited < capabilities.PROBE_WAIT_S, "the next call waited on a gate nobody holds"

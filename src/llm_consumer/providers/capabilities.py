@@ -213,16 +213,17 @@ class CapabilityBook:
         except TimeoutError:  # the probe was taken (an answer is being generated): go on
             yield entry.caps
             return
-        if not entry.confirmed and not entry.consulted:
-            await self._consult(model, entry)
-        if entry.confirmed:  # proven while this call waited: no need to go one at a time
-            entry.gate.release()
-            yield entry.caps
-            return
+        held = True
         try:
+            if not entry.confirmed and not entry.consulted:
+                await self._consult(model, entry)
+            if entry.confirmed:  # proven (here or elsewhere): no need to go one at a time
+                entry.gate.release()
+                held = False
             yield entry.caps
         finally:
-            entry.gate.release()
+            if held:
+                entry.gate.release()
 
     async def _consult(self, model: str, entry: _Entry) -> None:
         """Take what another process proved for `model`, if the shared book has it."""
