@@ -212,3 +212,25 @@ async def test_a_stream_that_stalls_times_out(
     with pytest.raises(TransportFailure) as caught:
         await streamed(endpoint)
     assert caught.value.timed_out
+
+
+async def test_an_answer_over_the_bound_fails_the_generation_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llm_consumer.errors import TransientFailure
+    from llm_consumer.providers.openai_text import OpenAITextProvider
+    from tests.fakes.openai_server import FakeOpenAI, reply
+    from tests.providers.test_capabilities import job
+
+    monkeypatch.setattr(chat_http, "MAX_ANSWER_BYTES", 2_000)
+    async with FakeOpenAI() as fake:
+        fake.script(reply("x" * 5_000))
+        provider = OpenAITextProvider(fake.api_key, base_url=fake.base_url, model="m",
+                                      timeout_s=5.0)
+        try:
+            with pytest.raises(TransientFailure) as caught:
+                await provider.complete(job(schema=None, schema_name=None))
+        finally:
+            await provider.aclose()
+    assert caught.value.code == "provider_unavailable"
+    assert caught.value.message == "openai call failed: answer over 2000 bytes"

@@ -129,8 +129,9 @@ class ChatEndpoint:
             await self._session.close()
 
 
-async def read(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
-    """The whole body, at most `limit` bytes. Raises TransportFailure."""
+async def read(response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+    """The whole body, at most `limit` bytes (MAX_ANSWER_BYTES). Raises TransportFailure."""
+    limit = MAX_ANSWER_BYTES if limit is None else limit
     parts: list[bytes] = []
     size = 0
     try:

@@ -182,7 +182,7 @@ def call_error(err: TransportFailure | StatusFailure | StreamFailed, model: str)
     if err.refused:
         return TransientFailure(f"openai unreachable ({model}): connection refused",
                                 code="provider_unavailable")
-    return TransientFailure(f"openai unreachable: {scrub(str(err))}", code="provider_unavailable")
+    return TransientFailure(f"openai call failed: {scrub(str(err))}", code="provider_unavailable")
 
 
 def translate_error(err: openai.OpenAIError, model: str) -> ServiceError:
