@@ -234,3 +234,30 @@ async def test_an_answer_over_the_bound_fails_the_generation_cleanly(
             await provider.aclose()
     assert caught.value.code == "provider_unavailable"
     assert caught.value.message == "openai call failed: answer over 2000 bytes"
+
+
+async def test_a_proxy_named_in_the_environment_carries_the_calls(
+    server: RawServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The raw server stands in for the proxy: an HTTP proxy gets the absolute URL.
+    server.handler = chunks_of(b"data: {\"via\": \"proxy\"}\n\n")
+    for name in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    unreachable = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: only the proxy can answer
+    proxied = ChatEndpoint("sk-raw", unreachable, timeout_s=1.0)
+    try:
+        assert await streamed(proxied) == [{"via": "proxy"}]
+    finally:
+        await proxied.aclose()
+    assert proxied.proxy == f"http://127.0.0.1:{server.port}"
+
+
+def test_no_proxy_exempts_a_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "llm.internal")
+
+    assert chat_http.proxy_for("https://api.openai.com/v1/chat/completions") == \
+        "http://proxy.internal:3128"
+    assert chat_http.proxy_for("https://llm.internal/v1/chat/completions") is None
