@@ -323,7 +323,9 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
     async with AsyncExitStack() as stack:
         broker = await stack.enter_async_context(open_broker(settings))
         redis = open_redis(settings.redis_url, settings.redis_mode,
-                           sentinel_master=settings.redis_sentinel_master)
+                           sentinel_master=settings.redis_sentinel_master,
+                           max_connections=settings.redis_max_connections,
+                           concurrency=settings.concurrency)
         stack.push_async_callback(redis.aclose)
         await verify_redis(redis, settings.redis_mode, settings.redis_url)
         health = RedisHealth()  # one view of Redis for the ledger and the guard

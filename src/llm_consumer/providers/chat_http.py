@@ -2,9 +2,10 @@
 
 The SDK's client built every call through its options, retry and auth layers and httpx's
 request model, then handed it to aiohttp anyway: 905 µs of CPU per call against 203 µs for
-this module's call (bench/provider_call_cost.py, medians of 8 interleaved rounds). The service encodes the body and reads the
-answer itself (chat_wire), so it needs the HTTP call only: this module makes it, reads a body
-or a stream of server-sent events, bounds both (an answer is 16 MiB at most), and raises
+this module's call (bench/provider_call_cost.py, medians of 8 interleaved rounds). The service
+encodes the body and reads the answer itself (chat_wire), so it needs the HTTP call only: this
+module makes it, reads a body or a stream of server-sent events, bounds both (an answer is
+16 MiB at most), and raises
 `TransportFailure` (the call did not get through) or `StatusFailure` (the server answered with
 an error) for openai_errors to translate. The Batch and Images APIs keep the SDK's client.
 """

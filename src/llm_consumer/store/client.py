@@ -22,6 +22,7 @@ from typing import Literal, TypeAlias, cast
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -78,21 +79,31 @@ def reconnecting() -> Retry:
 
 
 def open_redis(url: str, mode: RedisMode, *, sentinel_master: str = "mymaster",
-               timeout_s: float = 5.0) -> RedisClient:
+               timeout_s: float = 5.0, max_connections: int = 256,
+               concurrency: int = 1024) -> RedisClient:
+    """The client of `mode`. redis-py's pools refuse a command once `max_connections` are in
+    use ("Too many connections", 100 by default), which under a thousand requests in flight
+    read as Redis being down: the cache and shared limits went off. Standalone uses the
+    blocking pool (a command waits up to `timeout_s` for a connection); the cluster and
+    sentinel clients have no such pool, so theirs holds at least two per request in flight."""
     if mode == "standalone":
-        return aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                 retry=reconnecting())
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, retry=reconnecting())
+        return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+    ceiling = max(max_connections, 2 * concurrency)
     nodes = parse_nodes(url, 26379 if mode == "sentinel" else 6379)
     if mode == "cluster":
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes.hosts],
                             username=nodes.username, password=nodes.password, ssl=nodes.tls,
-                            socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+                            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                            max_connections=ceiling)
     sentinel = Sentinel(list(nodes.hosts), socket_timeout=timeout_s,  # type: ignore[no-untyped-call]
                         socket_connect_timeout=timeout_s)
     client = cast(SentinelMaster, sentinel.master_for(
         sentinel_master, redis_class=SentinelMaster, username=nodes.username,
         password=nodes.password, db=nodes.db, ssl=nodes.tls, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, retry=reconnecting()))
+        socket_connect_timeout=timeout_s, retry=reconnecting(), max_connections=ceiling))
     client.watchers = sentinel
     return client
 
