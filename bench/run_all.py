@@ -131,10 +131,14 @@ async def run(plan: Plan, *, with_profile: bool, work_dir: Path) -> dict[str, An
             f"5 s; B0, then the service with {plan.platform_workers} workers")
         results["platform"] = await platform_runs(gen, stack, plan, b0_slow)
     finally:
+        results["redis_unavailable_events"] = stack.degraded_events()
         with contextlib.suppress(Exception):
             await gen.close()
         await stack.close()
         say("cleaned up: processes stopped, queues, exchanges and Redis keys removed")
+    if results["redis_unavailable_events"]:
+        say(f"[yellow]the service logged redis.unavailable {results['redis_unavailable_events']}"
+            " time(s): it ran degraded (cache and shared limits off) for part of the runs[/]")
     results["broker_reconnects"] = gen.reconnects
     if gen.reconnects:
         say(f"[yellow]the broker closed the load generator's connection {gen.reconnects} "

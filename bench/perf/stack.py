@@ -146,6 +146,12 @@ class Stack:
             response.raise_for_status()
             return orjson.loads(await response.read())
 
+    def degraded_events(self) -> int:
+        """`redis.unavailable` lines in the services' logs: a run in which the service lost
+        Redis (its cache and shared limits off) measured less work than a healthy one."""
+        return sum(log.read_text(errors="replace").count('"event": "redis.unavailable"')
+                   for log in self.work_dir.glob("service-*.log"))
+
     def check_alive(self) -> None:
         for child in (self.provider, self.service, self.b0, self.b0_slow):
             if child is not None and not child.alive():
