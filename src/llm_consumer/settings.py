@@ -116,10 +116,9 @@ class Settings(BaseSettings):
     redis_mode: Literal["standalone", "cluster", "sentinel"] = Field(
         "standalone", description="cluster: REDIS_URL lists seed nodes; sentinel: the sentinels")
     redis_sentinel_master: str = Field("mymaster", description="the master's name (sentinel)")
-    redis_max_connections: int = Field(
-        256, ge=1, le=65_536, description="connections per Redis server and process; standalone: "
-        "commands beyond them wait for one (cluster, sentinel: at least 2 x CONCURRENCY, since "
-        "their clients refuse a command over the limit rather than wait)")
+    redis_max_connections: int | None = Field(
+        None, ge=1, le=65_536, description="connections per Redis server and process (default: "
+        "2 x CONCURRENCY); the client refuses a command beyond them, which reads as Redis down")
     redis_wait_replicas: int = Field(
         0, ge=0, le=5, description="replicas that hold an admission before its call goes out")
     result_ttl_s: int = Field(86_400, ge=60, description="how long finished results are kept")

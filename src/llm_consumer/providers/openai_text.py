@@ -235,11 +235,14 @@ class OpenAITextProvider:
             response = await self._endpoint.post(body, outgoing())
         except TransportFailure as err:
             raise call_error(err, model) from err
-        await self._notify(model, response.headers, response.status)
-        if response.status >= 300:
-            failure = await failure_of(response)
+        try:
+            await self._notify(model, response.headers, response.status)
+            if response.status >= 300:
+                failure = await failure_of(response)
+                raise call_error(failure, model) from failure
+        except BaseException:  # the error read, or the call cancelled: the connection goes back
             response.release()
-            raise call_error(failure, model) from failure
+            raise
         return response
 
     async def _notify(self, model: str, headers: Mapping[str, str], status: int) -> None:
