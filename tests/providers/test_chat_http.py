@@ -150,6 +150,16 @@ async def test_an_endless_line_is_cut_at_the_bound(
         await streamed(endpoint)
 
 
+async def test_an_event_of_endless_data_lines_is_cut_at_the_bound(
+    server: RawServer, endpoint: ChatEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chat_http, "MAX_ANSWER_BYTES", 1_000)
+    server.handler = chunks_of(*[b"data: " + b"x" * 90 + b"\n"] * 20)  # never a blank line
+
+    with pytest.raises(TransportFailure, match="over 1000 bytes"):
+        await streamed(endpoint)
+
+
 async def test_a_body_over_the_bound_is_refused(
     server: RawServer, endpoint: ChatEndpoint
 ) -> None:

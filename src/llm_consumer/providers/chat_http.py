@@ -173,25 +173,29 @@ async def events(response: aiohttp.ClientResponse) -> AsyncIterator[Any]:
     """The decoded JSON of each server-sent event's data until `[DONE]` or the end. Raises
     TransportFailure (cut, timed out, an event over the bound) or StreamFailed (an error
     event, as OpenAI sends one mid-stream)."""
-    buffer = b""
-    data: list[bytes] = []
+    buffer = bytearray()  # bytes received, not yet split into lines
+    data: list[bytes] = []  # the current event's data lines
+    size = 0  # bytes of the current event (its data lines and the unsplit rest)
     try:
         async for chunk in response.content.iter_any():
             buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            if len(buffer) > MAX_ANSWER_BYTES:
-                raise TransportFailure(f"an event over {MAX_ANSWER_BYTES} bytes")
-            for line in lines:
-                line = line.rstrip(b"\r")
+            start = 0
+            while (end := buffer.find(b"\n", start)) != -1:
+                line = bytes(buffer[start:end]).rstrip(b"\r")
+                start = end + 1
                 if line.startswith(b"data:"):
                     data.append(line[6:] if line[5:6] == b" " else line[5:])
+                    size += len(line)
                     continue
                 if line or not data:  # a comment, an event name or id, or nothing to send
                     continue
-                payload, data = b"\n".join(data), []
+                payload, data, size = b"\n".join(data), [], 0
                 if payload == _DONE:
                     return
                 yield _event(payload)
+            del buffer[:start]
+            if size + len(buffer) > MAX_ANSWER_BYTES:
+                raise TransportFailure(f"an event over {MAX_ANSWER_BYTES} bytes")
     except (TimeoutError, aiohttp.ClientError, OSError) as err:
         raise _transport_failure(err) from err
     if data and (payload := b"\n".join(data)) != _DONE:  # a last event with no blank line
