@@ -430,8 +430,8 @@ def tune_collector() -> None:
     A request waits seconds on its provider, and its objects (about 235) are alive at every
     young collection of that time: with CPython's defaults a worker holding 400 of them ran 13
     collections a second, each promoting what it found, and a full collection walked them all
-    every second or two (125-240 ms). That was 0.6-0.85 ms of CPU per request at the platform
-    rate; at 25,000 it is about 0.1 ms, with no full collection in a 30 s run and the same RSS
+    every second or two (125-290 ms). That was 0.4-0.85 ms of collector time per request at the
+    platform rate; at 25,000 about 0.1 ms, with no full collection in a 30 s run and the same RSS
     (little of a request's garbage is cyclic: reference counting frees it). Frozen objects are
     still freed by reference counting; only the collector stops looking at them."""
     gc.collect()
