@@ -118,7 +118,8 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = Field("mymaster", description="the master's name (sentinel)")
     redis_max_connections: int | None = Field(
         None, ge=1, le=65_536, description="connections per Redis server and process (default: "
-        "2 x CONCURRENCY); the client refuses a command beyond them, which reads as Redis down")
+        "2 x CONCURRENCY, at least 256); the client refuses a command beyond them, which reads "
+        "as Redis down")
     redis_wait_replicas: int = Field(
         0, ge=0, le=5, description="replicas that hold an admission before its call goes out")
     result_ttl_s: int = Field(86_400, ge=60, description="how long finished results are kept")

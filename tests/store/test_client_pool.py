@@ -28,3 +28,15 @@ async def test_the_service_default_covers_a_thousand_in_flight() -> None:
         await redis.aclose()
 
     assert answers == [True] * 2_000
+
+
+async def test_a_low_concurrency_still_leaves_room_for_what_runs_beside_requests() -> None:
+    # CONCURRENCY=1 once gave a pool of 2: the queue index and heartbeats beside one request
+    # found it full, and the service ran degraded.
+    redis = open_redis(REDIS_URL, "standalone", concurrency=1)
+    try:
+        answers = await asyncio.gather(*(redis.ping() for _ in range(200)))
+    finally:
+        await redis.aclose()
+
+    assert answers == [True] * 200

@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+MIN_CONNECTIONS = 256
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 
@@ -80,13 +81,15 @@ def reconnecting() -> Retry:
 def open_redis(url: str, mode: RedisMode, *, sentinel_master: str = "mymaster",
                timeout_s: float = 5.0, max_connections: int | None = None,
                concurrency: int = 1024) -> RedisClient:
-    """The client of `mode`, with a pool of `max_connections` per server (2 x `concurrency`
-    unless given). redis-py's pools refuse a command once all are busy ("Too many
-    connections"; 100 by default), and under a thousand requests in flight that read as Redis
-    being down: the cache and shared limits went off. A request has at most two commands out
-    at once, and connections are opened only as they are needed. (redis-py's blocking pool
-    would queue instead, but its lock and time-out cost 30-40 µs more CPU per command.)"""
-    ceiling = max_connections or 2 * concurrency
+    """The client of `mode`, with a pool of `max_connections` per server (unless given: 2 x
+    `concurrency`, and at least MIN_CONNECTIONS for what runs beside the requests: heartbeats,
+    the queue index, batches, control events). redis-py's pools refuse a command once all are
+    busy ("Too many connections"; 100 by default), and under a thousand requests in flight
+    that read as Redis being down: the cache and shared limits went off. A request has at most
+    two commands out at once, and connections are opened only as they are needed. (redis-py's
+    blocking pool would queue instead, but its lock and time-out cost 30-40 µs more CPU per
+    command.)"""
+    ceiling = max_connections or max(MIN_CONNECTIONS, 2 * concurrency)
     if mode == "standalone":
         return aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                  retry=reconnecting(), max_connections=ceiling)
