@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from llm_consumer.errors import InvalidRequest, PermanentFailure
 from llm_consumer.events import catalog
@@ -31,13 +29,21 @@ from llm_consumer.prompts.builder import kind_templates
 from llm_consumer.prompts.chat import chat_system_message, fit_turns
 from llm_consumer.providers.base import StreamSink, TextCompletion, TextJob, Turn
 
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+
 log = structlog.get_logger(__name__)
 SCHEMA_NAME = "chat_answer"
 
 
 @cache
 def _validator(schema_json: str) -> Draft202012Validator:
-    """A validator for a caller's schema (the same schema text reuses its validator)."""
+    """A validator for a caller's schema (the same schema text reuses its validator).
+    jsonschema is imported here, by the first request that names a schema: a worker that
+    never sees one does not pay its 2 MB."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     schema = orjson.loads(schema_json)
     try:
         Draft202012Validator.check_schema(schema)

@@ -9,9 +9,16 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from PIL import Image, ImageChops, UnidentifiedImageError
+from PIL import UnidentifiedImageError
+
+from llm_consumer.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageChops
+else:  # loaded by the first image a worker handles
+    Image, ImageChops = lazy_module("PIL.Image"), lazy_module("PIL.ImageChops")
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 
@@ -136,6 +143,11 @@ def tile(image: Image.Image, rows: int, cols: int, cell: tuple[int, int]) -> Ima
         for col in range(cols):
             grid.paste(small, (col * cell[0], row * cell[1]))
     return grid
+
+
+def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` scaled to `size` (Lanczos)."""
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def fit_within(decoded: Decoded, max_side: int) -> Decoded:

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageStat
+from llm_consumer.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageStat
+else:  # loaded by the first image a worker handles
+    Image, ImageStat = lazy_module("PIL.Image"), lazy_module("PIL.ImageStat")
 
 RGB = tuple[int, int, int]
 

@@ -10,13 +10,17 @@ import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
-
-from PIL import ImageColor
+from typing import TYPE_CHECKING, Any
 
 from llm_consumer.errors import InvalidRequest
 from llm_consumer.events.requests import VisualTheme
 from llm_consumer.images.quality import RGB, hex_colour
+from llm_consumer.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from PIL import ImageColor
+else:  # loaded by the first image a worker handles
+    ImageColor = lazy_module("PIL.ImageColor")
 
 MAX_FIELD_CHARS = 300
 MAX_COLOURS = 12

@@ -17,8 +17,6 @@ import binascii
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.images.processing import (
     CONTENT_TYPES,
@@ -26,6 +24,7 @@ from llm_consumer.images.processing import (
     UnreadableImage,
     decode,
     encode,
+    resized,
     sniff_format,
 )
 from llm_consumer.providers.images_base import ImageJob, ImageResult, with_negative
@@ -144,4 +143,4 @@ def _resized(data: bytes, size: tuple[int, int], job: ImageJob) -> bytes:
         raise TransientFailure(f"openai images answered with an unreadable image: {err}") from None
     if decoded.image.size == size:
         return data
-    return encode(decoded.image.resize(size, Image.Resampling.LANCZOS), job.output_format)
+    return encode(resized(decoded.image, size), job.output_format)

@@ -1,0 +1,29 @@
+"""Modules imported on first use (the standard library's LazyLoader).
+
+A worker serving text never touches Pillow (about 2.5 MB of RSS) or jsonschema (about 2 MB,
+only a chat request with a `response_schema` needs it); each worker process would pay for them
+at start otherwise. A module named here is loaded by the first attribute read on it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import ModuleType
+
+
+def lazy_module(name: str) -> ModuleType:
+    """`name` as a module that runs its code on the first attribute read (at once when it is
+    loaded already)."""
+    found = sys.modules.get(name)
+    if found is not None:
+        return found
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"no module named {name!r}", name=name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
