@@ -1,5 +1,6 @@
 """What the queue index costs: the worker's one extra script per request, and the index
-consumer's work per request (reading the copy, checking token and body, one script).
+consumer's work per request (reading the copy, checking token and body, one script for one
+copy or for a batch of the copies that arrived together).
 
     .venv/bin/python bench/queue_index_cost.py [--requests 2000]
 
@@ -74,10 +75,16 @@ async def main(requests: int) -> None:
             return read(i)
 
         show("index consumer: token + parse of a copy (CPU)", await timed(requests, read_async))
-        show("index consumer: add script", await timed(
-            requests, lambda i: store.add(made[i])))
+        half = requests // 2
+        show("index consumer: add script, one copy", await timed(
+            half, lambda i: store.add(made[i])))
+        batch = 50
+        per_call = await timed((requests - half) // batch, lambda i: store.add_many(
+            made[half + i * batch:half + (i + 1) * batch]))
+        show(f"index consumer: add script, {batch} copies (per copy)",
+             [us / batch for us in per_call])
         show("worker: started script (the hot-path cost)", await timed(
-            requests, lambda i: store.started(made[i].key, owner, 0, "", 0)))
+            len(made), lambda i: store.started(made[i].key, owner, 0, "", 0)))
     finally:
         found = [k async for k in redis.scan_iter(match=f"{keys.prefix}*")]
         if found:

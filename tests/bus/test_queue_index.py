@@ -11,6 +11,7 @@ from typing import Any
 
 import aio_pika
 import orjson
+import redis.asyncio as aioredis
 
 from llm_consumer import metrics
 from llm_consumer.bus.queue_index import ask
@@ -118,6 +119,39 @@ async def test_a_request_behind_200_moves_ahead_and_runs_once(openai_service: An
     assert superseded() == skipped_before + 1
     drained = await status_until(settings, alice, lambda s: s.queued == 0, target["id"])
     assert drained.request is not None and drained.request.state == "completed"
+
+
+async def evalsha_calls(settings: Settings) -> int:
+    async with aioredis.from_url(settings.redis_url) as redis:
+        found = await redis.info("commandstats")
+    return int(found.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_copies_arriving_together_are_indexed_in_a_few_script_calls(
+        openai_service: Any, fake_openai: Any) -> None:
+    fake_openai.responder = lambda body: Reply(None, delay_s=120)  # the first one holds the worker
+    service: Service = await openai_service(concurrency=1, heartbeat_every_s=0.5,
+                                            shutdown_grace_s=0.5, **NO_LIMITS)
+    settings = service.settings
+    alice = token("llm:content", subject="alice")
+    burst = [build_request("world.location", {"context": {"name": f"burst-{i}"},
+                                              "cache": False}) for i in range(300)]
+    async with tap(settings, catalog.JOB_STATUS) as hub:
+        await publish_all(settings, burst[:1], alice, priority=0)
+        await hub.wait_for(catalog.JOB_STATUS, burst[0]["id"])  # running: the worker is busy
+    calls_before = await evalsha_calls(settings)
+    async with await aio_pika.connect(HUB_URL) as connection:  # as many peers do: at once
+        channel = await connection.channel(publisher_confirms=True)
+        hub_exchange = await channel.get_exchange(settings.hub_exchange)
+        await asyncio.gather(*(hub_exchange.publish(aio_pika.Message(
+            body=orjson.dumps(request), headers={"authorization": f"Bearer {alice}"},
+            message_id=request["id"]), routing_key=request["type"]) for request in burst[1:]))
+    queued = await status_until(settings, alice, lambda s: s.queued == 299 and s.in_flight == 1)
+    calls = await evalsha_calls(settings) - calls_before
+
+    print(f"\n299 index copies written in {calls} script calls")
+    assert [(b.priority, b.queued) for b in queued.bands] == [(0, 299)]
+    assert calls < 250, calls  # one call per copy: 299 and more (status questions count too)
 
 
 async def test_callers_see_and_move_only_their_own_requests(openai_service: Any,

@@ -91,3 +91,24 @@ async def test_a_control_event_is_answered_once(redis: aioredis.Redis, keys: Key
     name = RequestOwner("alice", "/peer").key("status-1")
     assert [await index.once(name) for _ in range(3)] == [True, False, False]
     assert await index.once(RequestOwner("bob", "/peer").key("status-1")) is True
+
+
+async def test_a_batch_adds_as_one_add_after_another(redis: aioredis.Redis, keys: Keys) -> None:
+    index = store(redis, keys, max_entries=4)
+    started = entry("alice", "started")
+    assert await index.add(started) == 1
+    assert await index.started(started.key, started.owner, 0, "", 0)
+    first, again = entry("alice", "a0"), entry("bob", "b5", 5)
+    batch = [first, entry("alice", "a0"), started, again, entry("bob", "b0"),
+             entry("carol", "c0"), entry("carol", "c9", 9)]
+
+    # a copy read twice counts once, a started request is not added, the bound holds mid-batch
+    assert await index.add_many(batch) == [1, 0, 0, 1, 1, 1, -1]
+    assert await index.add_many([]) == []
+    everyone = await index.depths(None, again.key)
+    assert everyone.bands[0] == 3 and everyone.bands[5] == 1 and sum(everyone.bands) == 4
+    assert (everyone.target.priority, everyone.target.position) == (5, 0)
+    bob = await index.depths(owner_digest("bob"), None)
+    assert bob.bands[0] == 1 and bob.bands[5] == 1
+    stored = await redis.hgetall(index.record(first.key))
+    assert stored[b"id"] == b"a0" and stored[b"auth"] == b"Bearer t" and stored[b"body"] == b"{}"

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +68,42 @@ COPY_HEADER = "x-llm-copy"
 COPY_SIGNATURE_HEADER = "x-llm-copy-signature"
 MAX_COPY_ID = 64
 INDEX_PREFETCH = 200
+INDEX_BATCH = 100  # index copies written in one script call at most
+
+
+class _Batches:
+    """Index entries written together: each script call takes every entry that arrived while
+    the previous one was out, so a copy alone is written at once and a burst in a few calls
+    (at the platform's rate, one call for many copies instead of one each)."""
+
+    def __init__(self, write: Callable[[list[Entry]], Awaitable[object]], most: int) -> None:
+        self._write = write
+        self._most = most
+        self._waiting: list[tuple[Entry, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def add(self, entry: Entry) -> None:
+        """Back once `entry` was written, or its write failed (the index is best effort)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((entry, done))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_all())
+        await done
+
+    async def _write_all(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:self._most], self._waiting[self._most:]
+                try:
+                    await self._write([entry for entry, _ in batch])
+                except Exception:
+                    log.exception("queue_index.add_failed", entries=len(batch))
+                finally:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._writer = None
 
 
 class CopySigner:
@@ -135,6 +171,8 @@ class QueueIndex:
         self._live_within_s = live_within_s
         self._publishing: AbstractChannel | None = None
         self._probing: AbstractChannel | None = None
+        self._added = _Batches(lambda entries: store.call(
+            "queue_index.add", lambda: store.add_many(entries)), INDEX_BATCH)
 
     def attach(self, *, publishing: AbstractChannel, probing: AbstractChannel) -> None:
         """The channels it publishes copies on (confirms) and reads queue depths on."""
@@ -148,7 +186,7 @@ class QueueIndex:
         try:
             entry = self._entry(message)
             if entry is not None:
-                await self.store.call("queue_index.add", lambda: self.store.add(entry))
+                await self._added.add(entry)
         finally:
             with contextlib.suppress(Exception):
                 await message.ack()

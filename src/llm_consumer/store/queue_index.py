@@ -13,7 +13,8 @@ Redis Cluster (like the limiter's `{limits}`, it puts the index on one shard). P
   not added;
 - `sup:<request>`: the copy id of a re-prioritized request's live copy: any other copy of it
   is superseded (acked unprocessed when delivered).
-`started` is the one call on the worker's path: one script, one round trip.
+`started` is the one call on the worker's path: one script, one round trip. The index
+consumer adds the copies that arrive together in one script call (`add_many`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -40,25 +41,42 @@ CONTROL_ONCE_TTL_S = 600
 T = TypeVar("T")
 
 ADD_SCRIPT = """
--- KEYS: rec, go, own band, all:0..9; ARGV: request key, score (µs), ttl (s), cutoff (µs),
--- max entries (every band), band, then field/value pairs of the record
-if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local band = KEYS[4 + tonumber(ARGV[6])]
+-- KEYS: all:0..9, then per entry: rec, go, own band. ARGV: ttl (s), cutoff (µs), max entries
+-- (every band), entry count, then per entry: request key, score (µs), band, field count, the
+-- record's field/value pairs. Returns per entry 1 added, 0 known or started, -1 index full.
+-- The bands are trimmed and counted once for the whole batch.
+local ttl, cutoff, max = tonumber(ARGV[1]), '(' .. ARGV[2], tonumber(ARGV[3])
 local total = 0
-for i = 4, 13 do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[4])
+for i = 1, 10 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', cutoff)
   total = total + redis.call('ZCARD', KEYS[i])
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4])
-if total >= tonumber(ARGV[5]) then return -1 end
-redis.call('ZADD', band, ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-local ttl = tonumber(ARGV[3])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', band, ttl)
-redis.call('EXPIRE', KEYS[3], ttl)
-return 1
+local added = {}
+local a = 5
+for e = 0, tonumber(ARGV[4]) - 1 do
+  local rec, go, own = KEYS[11 + 3 * e], KEYS[12 + 3 * e], KEYS[13 + 3 * e]
+  local member, score, fields = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3])
+  local band = KEYS[1 + tonumber(ARGV[a + 2])]
+  if redis.call('EXISTS', go) == 1 or redis.call('EXISTS', rec) == 1 then
+    added[e + 1] = 0
+  else
+    redis.call('ZREMRANGEBYSCORE', own, '-inf', cutoff)
+    if total >= max then
+      added[e + 1] = -1
+    else
+      redis.call('ZADD', band, score, member)
+      redis.call('ZADD', own, score, member)
+      redis.call('HSET', rec, unpack(ARGV, a + 4, a + 3 + fields))
+      redis.call('EXPIRE', rec, ttl)
+      redis.call('EXPIRE', band, ttl)
+      redis.call('EXPIRE', own, ttl)
+      total = total + 1
+      added[e + 1] = 1
+    end
+  end
+  a = a + 4 + fields
+end
+return added
 """
 
 STARTED_SCRIPT = """
@@ -227,17 +245,24 @@ class QueueIndexStore:
     async def add(self, entry: Entry) -> int:
         """Record a queued request: 1 added, 0 known or already started, -1 the index is
         full (QUEUE_INDEX_MAX_LENGTH requests in all). Raises RedisError."""
-        band = band_of(entry.priority)
-        fields: list[str | bytes | int] = [
-            "id", entry.request_id, "owner", entry.owner, "prio", band, "at", entry.queued_us,
-            "first", entry.queued_us, "auth", entry.authorization, "reply_to", entry.reply_to,
-            "body", entry.body or b""]
-        now_us = time.time_ns() // 1000
-        return int(await self._add(
-            keys=[self.record(entry.key), self._go(entry.key), self._own(entry.owner, band),
-                  *self._bands_all()],
-            args=[entry.key, entry.queued_us, self.ttl_s, self._cutoff(now_us),
-                  self._max_entries, band, *fields]))
+        return (await self.add_many([entry]))[0]
+
+    async def add_many(self, entries: Sequence[Entry]) -> list[int]:
+        """`add` for each entry, in order, in one script call. Raises RedisError."""
+        if not entries:
+            return []
+        keys: list[str] = self._bands_all()
+        args: list[str | bytes | int] = [self.ttl_s, self._cutoff(time.time_ns() // 1000),
+                                         self._max_entries, len(entries)]
+        for entry in entries:
+            band = band_of(entry.priority)
+            fields: list[str | bytes | int] = [
+                "id", entry.request_id, "owner", entry.owner, "prio", band,
+                "at", entry.queued_us, "first", entry.queued_us, "auth", entry.authorization,
+                "reply_to", entry.reply_to, "body", entry.body or b""]
+            keys += [self.record(entry.key), self._go(entry.key), self._own(entry.owner, band)]
+            args += [entry.key, entry.queued_us, band, len(fields), *fields]
+        return [int(added) for added in await self._add(keys=keys, args=args)]
 
     # -- the worker's path ----------------------------------------------------------------------
 
