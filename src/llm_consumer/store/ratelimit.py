@@ -45,9 +45,13 @@ class Scope:
     cost: int = 1
 
     @property
+    def edge_margin_s(self) -> float:
+        """How much longer than its window an entry is counted (clocks and transit differ)."""
+        return min(EDGE_MARGIN_MAX_S, self.window_s * EDGE_MARGIN)
+
+    @property
     def window_us(self) -> int:
-        margin = min(EDGE_MARGIN_MAX_S, self.window_s * EDGE_MARGIN)
-        return int((self.window_s + margin) * 1_000_000)
+        return int((self.window_s + self.edge_margin_s) * 1_000_000)
 
     def charge(self, limit: int) -> int:
         """What one admission costs here: a request bigger than the whole budget still passes
