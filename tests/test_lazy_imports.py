@@ -1,5 +1,7 @@
 """A worker serving text does not load Pillow or jsonschema (about 2.5 and 2 MB of RSS per
-process): the first image, and the first chat request naming a `response_schema`, do."""
+process): the first image, and the first chat request naming a `response_schema`, do. A chat
+history whose size shows it fits is not counted, so OpenAI's tokenizer (about 140 MB) is not
+loaded for it either."""
 
 from __future__ import annotations
 
@@ -51,3 +53,38 @@ def test_pillow_and_jsonschema_load_on_first_use() -> None:
         "image True 320 240 (64, 48) (255, 0, 0)",
         "schema True True False",
     ]
+
+
+CHAT_PROGRAM = textwrap.dedent("""
+    import sys
+    from llm_consumer.app import build_text_provider, context_windows
+    from llm_consumer.events.requests import ContentRequested
+    from llm_consumer.handlers.base import Deps
+    from llm_consumer.handlers.chat import chat_job
+    from llm_consumer.settings import Settings
+
+    settings = Settings(openai_api_key="sk-test", secret_key="s" * 64,
+                        openai_base_url="http://127.0.0.1:9/v1")
+    text = build_text_provider(settings)
+    deps = Deps(text=text, windows=context_windows(settings, text))
+
+    def chat(*said):
+        return ContentRequested.model_validate({"kind": "chat.completion", "messages": [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": words}
+            for i, words in enumerate(said)]})
+
+    short = chat_job(chat("Tell the tale of the Hollow Keep.", "It fell.", "Why?"), deps)
+    print("short", len(short.messages), "bpe_openai" in sys.modules)
+    long = chat_job(chat(*(["rain " * 400] * 8), "And now?"), deps)
+    print("long", len(long.messages), "bpe_openai" in sys.modules)
+""")
+
+
+def test_a_short_chat_is_fitted_without_loading_the_tokenizer() -> None:
+    done = subprocess.run([sys.executable, "-c", CHAT_PROGRAM], capture_output=True, text=True,
+                          timeout=60)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    # about 140 MB of RSS saved; a history whose size alone does not settle it is counted
+    # exactly (and kept whole: its 16 KB are about 3,200 tokens of an 8k window)
+    assert done.stdout.splitlines() == ["short 3 False", "long 9 True"]

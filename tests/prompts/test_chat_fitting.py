@@ -60,3 +60,23 @@ def test_a_last_turn_that_alone_does_not_fit_is_refused() -> None:
         fit_turns(SYSTEM, turns, budget=budget(1024))
     assert raised.value.code == "context_length_exceeded"
     assert "the last user turn" in raised.value.message
+
+
+def test_a_history_far_below_the_window_is_kept_whole_without_the_tokenizer() -> None:
+    counted: list[str] = []
+
+    class Spy:
+        exact = True
+
+        def count(self, text: str) -> int:
+            counted.append(text)
+            return COUNTER.count(text)
+
+    turns = history(6)
+    roomy = Budget(window=400_000, counter=Spy(), desired_answer=300)
+    fitted = fit_turns(SYSTEM, turns, budget=roomy)
+    assert (fitted.turns, fitted.dropped, fitted.max_tokens) == (tuple(turns), 0, 300)
+    assert counted == []  # the size alone shows it fits
+    tight = Budget(window=1024, counter=Spy(), desired_answer=300)
+    assert fit_turns(SYSTEM, history(60), budget=tight).dropped > 0
+    assert counted  # near the window the turns are counted exactly
