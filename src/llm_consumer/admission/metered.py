@@ -131,12 +131,15 @@ class MeteredText:
             with ticket.calls.timing():
                 return await self._inner.complete(job, sink)
         ticket.used = True
-        restamp = asyncio.create_task(self._guard.admission.restamp(ticket.ask, ticket.admitted))
+        admission = self._guard.admission
+        restamp = (asyncio.create_task(admission.restamp(ticket.ask, ticket.admitted))
+                   if admission.restamp_due(ticket.ask, ticket.admitted) else None)
         try:
             with ticket.calls.timing():
                 return await self._inner.complete(job, sink)
         finally:
-            await restamp
+            if restamp is not None:
+                await restamp
 
     async def aclose(self) -> None:
         await self._inner.aclose()

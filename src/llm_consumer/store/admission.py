@@ -189,18 +189,23 @@ class Admission:
             self._health.failed("single_flight", error)
             return "vanished"
 
-    async def restamp(self, ask: Ask, admitted: Admitted) -> None:
-        """Count the admitted call from now, when it leaves for the provider (run alongside
-        the call, not before it). A no-op for an admission made in degraded mode, and for a
-        call leaving within RESTAMP_AFTER of its windows' edge margin after its admission:
-        the margin already counts that much longer, and the round trip is saved (on an
-        unloaded path the call leaves milliseconds after its admission)."""
+    def restamp_due(self, ask: Ask, admitted: Admitted) -> bool:
+        """Whether a call leaving now needs `restamp`. Not for an admission made in degraded
+        mode, nor for a call leaving within RESTAMP_AFTER of its windows' edge margin after its
+        admission: the margin already counts that much longer, and the round trip is saved (on
+        an unloaded path the call leaves milliseconds after its admission)."""
         logs = [s for s in ask.scopes if s.measure != "budget"]
         if admitted.generation is None or not logs or not self._health.usable():
-            return
+            return False
         waited_s = time.monotonic() - admitted.admitted_at
-        if waited_s < RESTAMP_AFTER * min(s.edge_margin_s for s in logs):
+        return waited_s >= RESTAMP_AFTER * min(s.edge_margin_s for s in logs)
+
+    async def restamp(self, ask: Ask, admitted: Admitted) -> None:
+        """Count the admitted call from now, when it leaves for the provider (run alongside
+        the call, not before it), when that is due (`restamp_due`)."""
+        if not self.restamp_due(ask, admitted):
             return
+        logs = [s for s in ask.scopes if s.measure != "budget"]
         keys = [self._keys.rate_log(s.scope, s.key) for s in logs]
         costs = ["count" if s.measure == "count" else s.charge(s.limit) for s in logs]
         try:
