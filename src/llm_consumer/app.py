@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import re
 import signal
@@ -36,6 +35,7 @@ from llm_consumer.bus.publisher import Publisher
 from llm_consumer.bus.queue_index import INDEX_PREFETCH, CopySigner, QueueIndex
 from llm_consumer.bus.retry_state import RetrySigner
 from llm_consumer.bus.topology import Topology, build_topology
+from llm_consumer.collector import collect_by_time, tune_collector
 from llm_consumer.events.envelope import new_event
 from llm_consumer.handlers.base import Deps, ProgressPolicy
 from llm_consumer.heartbeat import Probes, Status, model_components, run_heartbeats
@@ -312,7 +312,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                       ready: asyncio.Event | None = None, tune_gc: bool = False) -> None:
     """The service until `stop` is set (or SIGTERM/SIGINT), then drained. `tune_gc`: a
     process of its own (`run`) sets the garbage collector up for serving before it consumes
-    (see `tune_collector`)."""
+    and collects by time (collector.py)."""
     stop = stop or asyncio.Event()
     tracing.configure(settings.tracing, settings.event_source.strip("/") or "llm-consumer")
     loop = asyncio.get_running_loop()
@@ -385,6 +385,7 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
         )
         if tune_gc:
             tune_collector()
+            stack.push_async_callback(_stopped, asyncio.create_task(collect_by_time()))
         await _subscribe(broker, consumer, settings)
         if queue_index is not None:
             reporting = await _serve_queue_index(broker, queue_index, consumer, settings)
@@ -416,28 +417,6 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None,
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     log.info("service.stopped")
-
-
-# Tracked objects allocated (net) between young collections; CPython's default is 700.
-YOUNG_GC_THRESHOLD = 25_000
-
-
-def tune_collector() -> None:
-    """Set the garbage collector up for a serving process: collect once and freeze what is
-    left (modules, clients, schemas, settings: about 140,000 objects, live for the whole run),
-    then collect the young generation every YOUNG_GC_THRESHOLD allocations rather than 700.
-
-    A request waits seconds on its provider, and its objects (about 235) are alive at every
-    young collection of that time: with CPython's defaults a worker holding 400 of them ran 13
-    collections a second, each promoting what it found, and a full collection walked them all
-    every second or two (125-290 ms). That was 0.4-0.85 ms of collector time per request at the
-    platform rate; at 25,000 about 0.1 ms, with no full collection in a 30 s run and the same RSS
-    (little of a request's garbage is cyclic: reference counting frees it). Frozen objects are
-    still freed by reference counting; only the collector stops looking at them."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
 
 
 def build_queue_index(settings: Settings, redis: RedisClient, topology: Topology,
