@@ -25,6 +25,10 @@ PROGRAM = textwrap.dedent("""
         images = build_image_service(settings)
         print("start", loaded("PIL.Image"), loaded("jsonschema"))
 
+        from llm_consumer.lazy import load_now  # what the image handler calls first, so no
+        load_now()  # thread reads a module half-built (LazyLoader before Python 3.12)
+        print("loaded", loaded("PIL.Image"), loaded("PIL.ImageColor"), loaded("PIL.ImageStat"))
+
         from llm_consumer.images.processing import decode, resized
         from tests.fakes.pictures import png  # Pillow draws the picture
         from llm_consumer.images.visual_themes import parse_colour
@@ -50,6 +54,7 @@ def test_pillow_and_jsonschema_load_on_first_use() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == [
         "start False False",
+        "loaded True True True",
         "image True 320 240 (64, 48) (255, 0, 0)",
         "schema True True False",
     ]

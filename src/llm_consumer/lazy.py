@@ -3,6 +3,10 @@
 A worker serving text never touches Pillow (about 2.5 MB of RSS) or jsonschema (about 2 MB,
 only a chat request with a `response_schema` needs it); each worker process would pay for them
 at start otherwise. A module named here is loaded by the first attribute read on it.
+
+Before Python 3.12 LazyLoader is not thread-safe: a second thread reading the module while the
+first runs its code sees it half-built. Image work runs in threads (`asyncio.to_thread`), so the
+image handler calls `load_now()` on the event loop's thread first.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 from types import ModuleType
+
+_deferred: list[ModuleType] = []
 
 
 def lazy_module(name: str) -> ModuleType:
@@ -26,4 +32,12 @@ def lazy_module(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     loader.exec_module(module)
+    _deferred.append(module)
     return module
+
+
+def load_now() -> None:
+    """Run the code of every module `lazy_module` deferred, here and now (any attribute read
+    does it; a loaded module is read as usual)."""
+    for module in _deferred:
+        _ = module.__name__

@@ -44,6 +44,7 @@ from llm_consumer.images.processing import (
 from llm_consumer.images.prompting import GRID_COLS, GRID_ROWS, build_image_prompt
 from llm_consumer.images.service import Caller, ImageService, checked_output
 from llm_consumer.images.visual_themes import VisualLook, resolve_visual_theme
+from llm_consumer.lazy import load_now
 from llm_consumer.providers.images_base import (
     ImageJob,
     ImageProvider,
@@ -133,6 +134,7 @@ def _check_plan(data: ImageRequested, provider: str, calls: CallBudget) -> None:
 
 
 async def handle_image(request: Request, deps: Deps) -> list[Reply]:
+    load_now()  # Pillow, before any thread reads it (lazy.py)
     data = _image_request(request)
     service = deps.images
     if service is None:
