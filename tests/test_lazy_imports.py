@@ -5,13 +5,19 @@ loaded for it either."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
+
+from tests.fresh_process import printed_lines
 
 PROGRAM = textwrap.dedent("""
     import asyncio, sys
     from llm_consumer.app import build_image_service, build_text_provider
+    from llm_consumer.auth import Principal
+    from llm_consumer.errors import PermanentFailure
+    from llm_consumer.events.envelope import Envelope
+    from llm_consumer.events.requests import ImageRequested
+    from llm_consumer.handlers.base import Deps, Request
+    from llm_consumer.handlers.image import handle_image
     from llm_consumer.settings import Settings
 
     def loaded(name):
@@ -25,9 +31,21 @@ PROGRAM = textwrap.dedent("""
         images = build_image_service(settings)
         print("start", loaded("PIL.Image"), loaded("jsonschema"))
 
-        from llm_consumer.lazy import load_now  # what the image handler calls first, so no
-        load_now()  # thread reads a module half-built (LazyLoader before Python 3.12)
-        print("loaded", loaded("PIL.Image"), loaded("PIL.ImageColor"), loaded("PIL.ImageStat"))
+        # The image handler loads Pillow first, on this thread, so that no image thread reads
+        # it half-built (LazyLoader before Python 3.12); here it then finds no image service.
+        async def emit(event_type, data):
+            return None
+
+        request = Request(
+            envelope=Envelope(specversion="1.0", id="r-1", source="/peer",
+                              type="image.requested", data={}),
+            data=ImageRequested.model_validate({"kind": "portrait", "prompt": "a dwarf"}),
+            principal=Principal("alice", frozenset({"llm:image"})), attempt=0, emit=emit)
+        try:
+            await handle_image(request, Deps(text=None))
+        except PermanentFailure as refused:
+            print("handler", refused.code, loaded("PIL.Image"), loaded("PIL.ImageColor"),
+                  loaded("PIL.ImageStat"))
 
         from llm_consumer.images.processing import decode, resized
         from tests.fakes.pictures import png  # Pillow draws the picture
@@ -48,13 +66,9 @@ PROGRAM = textwrap.dedent("""
 
 
 def test_pillow_and_jsonschema_load_on_first_use() -> None:
-    done = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
-                          timeout=60)
-
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == [
+    assert printed_lines(PROGRAM) == [
         "start False False",
-        "loaded True True True",
+        "handler no_provider True True True",
         "image True 320 240 (64, 48) (255, 0, 0)",
         "schema True True False",
     ]
@@ -86,10 +100,6 @@ CHAT_PROGRAM = textwrap.dedent("""
 
 
 def test_a_short_chat_is_fitted_without_loading_the_tokenizer() -> None:
-    done = subprocess.run([sys.executable, "-c", CHAT_PROGRAM], capture_output=True, text=True,
-                          timeout=60)
-
-    assert done.returncode == 0, done.stderr[-2000:]
     # about 140 MB of RSS saved; a history whose size alone does not settle it is counted
     # exactly (and kept whole: its 16 KB are about 3,200 tokens of an 8k window)
-    assert done.stdout.splitlines() == ["short 3 False", "long 9 True"]
+    assert printed_lines(CHAT_PROGRAM) == ["short 3 False", "long 9 True"]
