@@ -88,10 +88,29 @@ class RabbitNode:
                               env=self.env, capture_output=True, text=True, timeout=timeout_s)
 
     def start(self) -> None:
-        """Boot (or boot again on the same data directory) and wait until it serves AMQP."""
+        """Boot (or boot again on the same data directory) and wait until it serves AMQP.
+
+        A boot right after a `kill -9` can fail inside Mnesia ("Cannot rename disk_log file
+        ... PREVIOUS.LOG enoent", a known Mnesia race when it was killed while switching its
+        transaction log); the node then exits. An operator would start it again, and so does
+        this: once, after killing what is left of the failed boot."""
+        try:
+            self._boot()
+        except RuntimeError as failed:
+            for pid in _pids_with(str(self.dir)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            print(f"node {self.name}: first boot failed, booting again: {failed}")
+            self._boot()
+        self.pid = self._read_pid()
+        self.starts += 1
+
+    def _boot(self) -> None:
         (self.dir / "node.pid").unlink(missing_ok=True)
+        # From its own directory: Mnesia writes its core dumps to the working directory.
         subprocess.run([str(SBIN / "rabbitmq-server"), "-detached"], env=self.env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+                       cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60)
         deadline = time.monotonic() + BOOT_TIMEOUT_S
         while not self._serving():
             if time.monotonic() > deadline:
@@ -100,8 +119,6 @@ class RabbitNode:
         done = self.ctl("await_startup", "--timeout", "60", timeout_s=90)
         if done.returncode != 0:
             raise RuntimeError(f"await_startup: {done.stdout}{done.stderr}\n{self.log_tail()}")
-        self.pid = self._read_pid()
-        self.starts += 1
 
     def stop(self) -> None:
         """Stop the node (hard when it does not stop) and delete its directory."""
