@@ -32,7 +32,7 @@ from llm_consumer.store.jobs import Claim
 
 LIMITS = Limits(max_attempts=5, max_defer_s=600.0)
 REPLY = Reply("job.status", JobStatus(request_id="r", state="completed", attempt=0))
-ANSWER = Answer((REPLY,), ())
+ANSWER = Answer((REPLY,), (), ())
 
 
 def failed(code: str, state: str = "failed", *, remember: bool, dead_letter: bool,

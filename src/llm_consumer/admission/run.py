@@ -46,6 +46,11 @@ class Answer:
 
     replies: tuple[Reply, ...]
     events: tuple[Envelope, ...]  # the replies as the events to publish
+    encoded: tuple[bytes, ...]  # `events` encoded once: the ledger's record and the bodies
+
+    @classmethod
+    def of(cls, replies: list[Reply], events: tuple[Envelope, ...]) -> Answer:
+        return cls(tuple(replies), events, tuple(encode(event) for event in events))
 
 
 async def run_admitted(handler: Handler, request: Request, deps: Deps,
@@ -164,14 +169,14 @@ class _Run:
         return answer
 
     def _answer_of(self, replies: list[Reply]) -> Answer:
-        return Answer(tuple(replies), self.request.final_events(replies))
+        return Answer.of(replies, self.request.final_events(replies))
 
     def _record(self, answer: Answer) -> tuple[str, list[bytes]] | None:
         """The job-ledger record Admission.finish writes (none when warming, which claims no
         job)."""
         if not self.request.claims_job:
             return None
-        return self.request.key, [encode(e) for e in answer.events]
+        return self.request.key, list(answer.encoded)
 
     def _use(self, replies: list[Reply], *, hit: bool) -> Use:
         first = replies[0].data if replies else None

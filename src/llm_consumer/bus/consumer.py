@@ -407,8 +407,8 @@ class Consumer:
             answer = outcome.answer  # its events are in the ledger already (admission/run.py)
             await self._status(env, "completed", attempt, reply_to)
             with tracing.stage("llm.publish", events=len(answer.events)):
-                for event in answer.events:
-                    await self._publisher.publish_event(event, reply_to=reply_to)
+                for event, body in zip(answer.events, answer.encoded, strict=True):
+                    await self._publisher.publish_event(event, reply_to=reply_to, body=body)
             name = "completed"
         elif isinstance(outcome, Batch):
             # The ledger answers a re-send with this status until the batch's answer replaces it.
@@ -419,9 +419,9 @@ class Consumer:
             await self._publisher.publish_event(status, reply_to=reply_to)
             name = "batched"
         elif isinstance(outcome, Duplicate):
-            for raw in outcome.stored_events:
+            for raw in outcome.stored_events:  # as the ledger recorded them: sent as they are
                 await self._publisher.publish_event(Envelope.model_validate_json(raw),
-                                                    reply_to=reply_to)
+                                                    reply_to=reply_to, body=raw)
             name = "duplicate"
         elif isinstance(outcome, Busy):
             await self._publisher.retry_later(message, state=settle.spent(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aio_pika
@@ -65,19 +66,33 @@ MAX_ERROR_CODE = 64
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]*")
 KEPT_WHEN_UNROUTED = frozenset(t for t, spec in EVENTS.items() if spec.direction == "result")
 MAX_PEEK_BYTES = 10 * 1024 * 1024
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
-def event_message(envelope: Envelope, *, priority: int | None = None) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=encode(envelope),
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event as it goes on the wire, built once for every copy of it that is sent (the hub,
+    `reply_to`, the unrouted queue): the body is encoded once, and the AMQP properties are
+    built straight from the envelope (no aio_pika.Message, which rebuilds them per publish)."""
+
+    body: bytes
+    properties: Basic.Properties
+
+
+def event_message(envelope: Envelope, *, body: bytes | None = None, priority: int | None = None,
+                  headers: dict[str, FieldValue] | None = None) -> Outgoing:
+    """`envelope` as a persistent message; `body` when it was encoded already (it must be
+    `encode(envelope)`, as the job ledger records it)."""
+    return Outgoing(body if body is not None else encode(envelope), Basic.Properties(
         content_type=CLOUDEVENTS_CONTENT_TYPE,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        delivery_mode=PERSISTENT,
         message_id=envelope.id,
         correlation_id=envelope.correlation,
-        type=envelope.type,
+        message_type=envelope.type,
         timestamp=envelope.time or datetime.now(UTC),
         priority=priority,
-    )
+        headers=headers,
+    ))
 
 
 def copy_of(incoming: AbstractIncomingMessage,
@@ -114,9 +129,11 @@ class Publisher:
         self._dlx = dead_letter_exchange
         self._topology = topology
 
-    async def publish_event(self, envelope: Envelope, *, reply_to: str | None = None) -> None:
-        """Publish to the hub (routing key = type) and, when asked, a copy to `reply_to`."""
-        message = event_message(envelope)
+    async def publish_event(self, envelope: Envelope, *, reply_to: str | None = None,
+                            body: bytes | None = None) -> None:
+        """Publish to the hub (routing key = type) and, when asked, a copy to `reply_to`.
+        `body`: the envelope already encoded (`encode(envelope)`), so it is not encoded again."""
+        message = event_message(envelope, body=body)
         keep = envelope.type in KEPT_WHEN_UNROUTED
         if not keep and self._notices is not None:
             await self._publish_notice(envelope, message, reply_to)
@@ -128,29 +145,29 @@ class Publisher:
                 raise
             metrics.EVENTS_UNROUTED.labels(envelope.type).inc()
             UNROUTED_WARNING(event_type=envelope.type, event_id=envelope.id)
-            message.headers = {ORIGINAL_ROUTING_KEY_HEADER: envelope.type,
-                               ORIGINAL_EXCHANGE_HEADER: self._hub.name}
-            await send(self._channel, "", message, self._topology.unrouted.name)
+            kept = event_message(envelope, body=message.body, headers={
+                ORIGINAL_ROUTING_KEY_HEADER: envelope.type,
+                ORIGINAL_EXCHANGE_HEADER: self._hub.name})
+            await send(self._channel, "", kept, self._topology.unrouted.name)
         if reply_to:
-            await self._send_reply(envelope, reply_to)
+            await self._send_reply(envelope, message, reply_to)
 
-    async def _publish_notice(self, envelope: Envelope, message: aio_pika.Message,
+    async def _publish_notice(self, envelope: Envelope, message: Outgoing,
                               reply_to: str | None) -> None:
         assert self._notices is not None
         notice_channel, notice_hub = self._notices
         try:
             await send(notice_channel, notice_hub.name, message, envelope.type, mandatory=False)
             if reply_to:
-                await send(notice_channel, "", event_message(envelope), reply_to,
-                           mandatory=False)
+                await send(notice_channel, "", message, reply_to, mandatory=False)
         except BROKER_DOWN_ERRORS as error:
             metrics.NOTICES_DROPPED.labels(envelope.type).inc()
             NOTICE_DROPPED_WARNING(event_type=envelope.type, error=type(error).__name__)
 
-    async def _send_reply(self, envelope: Envelope, reply_to: str) -> None:
+    async def _send_reply(self, envelope: Envelope, message: Outgoing, reply_to: str) -> None:
         # A caller that stopped waiting has taken its reply queue away; that is not our failure.
         try:
-            await send(self._channel, "", event_message(envelope), reply_to, mandatory=True)
+            await send(self._channel, "", message, reply_to, mandatory=True)
         except PublishError as error:
             if not _is_return(error):
                 raise
@@ -199,7 +216,7 @@ class Publisher:
                   back_in_s=step, parked_since_alarm=self.dead_letters.parked_count)
 
 
-async def send(channel: AbstractChannel, exchange: str, message: aio_pika.Message,
+async def send(channel: AbstractChannel, exchange: str, message: Outgoing | aio_pika.Message,
                routing_key: str, *, mandatory: bool = True) -> None:
     """`Exchange.publish` (mandatory by default, as there), minus waiting until the frame
     has been written to the socket.
