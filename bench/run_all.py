@@ -52,6 +52,8 @@ from perf.report import markdown, median, table
 from perf.stack import HUB_URL, REDIS_URL, Stack
 from perf.summary import rows_for
 
+from llm_consumer.collector import collect_by_time, tune_collector
+
 
 def quiet_broker_logs() -> None:
     """aio-pika logs a traceback whenever the broker closes a connection (the test suite's
@@ -99,6 +101,10 @@ def serializable(results: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run(plan: Plan, *, with_profile: bool, work_dir: Path) -> dict[str, Any]:
+    # This process times every answer: a collection pause here reads as the target's latency,
+    # so it collects on the service's schedule (collector.py) instead of CPython's defaults.
+    tune_collector()
+    collector = asyncio.create_task(collect_by_time())
     results: dict[str, Any] = {"plan": asdict(plan), "machine": machine(),
                                "servers": await server_versions(),
                                "load_average_start": load_average(),
@@ -131,6 +137,7 @@ async def run(plan: Plan, *, with_profile: bool, work_dir: Path) -> dict[str, An
             f"5 s; B0, then the service with {plan.platform_workers} workers")
         results["platform"] = await platform_runs(gen, stack, plan, b0_slow)
     finally:
+        collector.cancel()
         results["redis_unavailable_events"] = stack.degraded_events()
         with contextlib.suppress(Exception):
             await gen.close()
