@@ -30,6 +30,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llm_consumer.store.packing import packing_options, sentinel_packing_options
+
 MIN_CONNECTIONS = 256
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 RedisMode = Literal["standalone", "cluster", "sentinel"]
@@ -92,7 +94,8 @@ def open_redis(url: str, mode: RedisMode, *, sentinel_master: str = "mymaster",
     ceiling = max_connections or max(MIN_CONNECTIONS, 2 * concurrency)
     if mode == "standalone":
         return aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                 retry=reconnecting(), max_connections=ceiling)
+                                 retry=reconnecting(), max_connections=ceiling,
+                                 **packing_options(url))
     nodes = parse_nodes(url, 26379 if mode == "sentinel" else 6379)
     if mode == "cluster":
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes.hosts],
@@ -104,7 +107,8 @@ def open_redis(url: str, mode: RedisMode, *, sentinel_master: str = "mymaster",
     client = cast(SentinelMaster, sentinel.master_for(
         sentinel_master, redis_class=SentinelMaster, username=nodes.username,
         password=nodes.password, db=nodes.db, ssl=nodes.tls, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, retry=reconnecting(), max_connections=ceiling))
+        socket_connect_timeout=timeout_s, retry=reconnecting(), max_connections=ceiling,
+        **sentinel_packing_options(nodes.tls)))
     client.watchers = sentinel
     return client
 
