@@ -79,7 +79,7 @@ class Outgoing:
     properties: Basic.Properties
 
 
-def event_message(envelope: Envelope, *, body: bytes | None = None, priority: int | None = None,
+def event_message(envelope: Envelope, *, body: bytes | None = None,
                   headers: dict[str, FieldValue] | None = None) -> Outgoing:
     """`envelope` as a persistent message; `body` when it was encoded already (it must be
     `encode(envelope)`, as the job ledger records it)."""
@@ -90,7 +90,6 @@ def event_message(envelope: Envelope, *, body: bytes | None = None, priority: in
         correlation_id=envelope.correlation,
         message_type=envelope.type,
         timestamp=envelope.time or datetime.now(UTC),
-        priority=priority,
         headers=headers,
     ))
 
