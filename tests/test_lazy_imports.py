@@ -1,7 +1,7 @@
-"""A worker serving text does not load Pillow or jsonschema (about 2.5 and 2 MB of RSS per
-process): the first image, and the first chat request naming a `response_schema`, do. A chat
-history whose size shows it fits is not counted, so OpenAI's tokenizer (about 140 MB) is not
-loaded for it either."""
+"""A worker serving text does not load Pillow, jsonschema or httpx2 (about 2.5, 2 and 3 MB of RSS
+per process): the first image, the first chat request naming a `response_schema` and the first
+source image fetched do. A chat history whose size shows it fits is not counted, so OpenAI's
+tokenizer (about 140 MB) is not loaded for it either."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ PROGRAM = textwrap.dedent("""
                             openai_base_url="http://127.0.0.1:9/v1")
         text = build_text_provider(settings)
         images = build_image_service(settings)
-        print("start", loaded("PIL.Image"), loaded("jsonschema"))
+        print("start", loaded("PIL.Image"), loaded("jsonschema"), loaded("httpx2"))
+        print("fetcher", type(images.fetcher.client).__name__, loaded("httpx2"))
 
         # The image handler loads Pillow first, on this thread, so that no image thread reads
         # it half-built (LazyLoader before Python 3.12); here it then finds no image service.
@@ -65,9 +66,10 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-def test_pillow_and_jsonschema_load_on_first_use() -> None:
+def test_pillow_jsonschema_and_httpx2_load_on_first_use() -> None:
     assert printed_lines(PROGRAM) == [
-        "start False False",
+        "start False False False",
+        "fetcher AsyncClient True",
         "handler no_provider True True True",
         "image True 320 240 (64, 48) (255, 0, 0)",
         "schema True True False",

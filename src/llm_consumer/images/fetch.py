@@ -16,10 +16,15 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import httpx2
+from typing import TYPE_CHECKING
 
 from llm_consumer.errors import InvalidRequest, TransientFailure
+from llm_consumer.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import httpx2
+else:  # loaded by the first source image fetched (about 3 MB of RSS a worker otherwise)
+    httpx2 = lazy_module("httpx2")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -57,18 +62,28 @@ def address_refusal(address: IPAddress, allowlist: Sequence[IPNetwork]) -> str |
 
 
 class SourceFetcher:
-    """Fetches source images under a FetchPolicy; owns one HTTP client."""
+    """Fetches source images under a FetchPolicy; owns one HTTP client, made by the first
+    fetch (a worker serving text never makes it)."""
 
     def __init__(self, policy: FetchPolicy) -> None:
         self.policy = policy
-        self._client = httpx2.AsyncClient(
-            trust_env=False, follow_redirects=False,
-            timeout=httpx2.Timeout(policy.timeout_s, connect=min(5.0, policy.timeout_s)),
-            headers={"User-Agent": "llm-consumer image fetcher", "Accept-Encoding": "identity",
-                     "Accept": ", ".join(sorted(ACCEPTED_TYPES))})
+        self._client: httpx2.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx2.AsyncClient:
+        if self._client is None:
+            policy = self.policy
+            self._client = httpx2.AsyncClient(
+                trust_env=False, follow_redirects=False,
+                timeout=httpx2.Timeout(policy.timeout_s, connect=min(5.0, policy.timeout_s)),
+                headers={"User-Agent": "llm-consumer image fetcher",
+                         "Accept-Encoding": "identity",
+                         "Accept": ", ".join(sorted(ACCEPTED_TYPES))})
+        return self._client
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     def decode_base64(self, data: str) -> bytes:
         """A `source_image.data` value (bare base64 or a data: URL) under the same size cap."""
@@ -135,10 +150,10 @@ class SourceFetcher:
         host_header = original.netloc.decode("ascii")
         extensions = ({"sni_hostname": original.raw_host.decode("ascii")}
                       if original.scheme == "https" else {})
-        request = self._client.build_request("GET", target, headers={"Host": host_header},
+        request = self.client.build_request("GET", target, headers={"Host": host_header},
                                              extensions=extensions)
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self.client.send(request, stream=True)
         except httpx2.TimeoutException:
             raise TransientFailure("source image host timed out", code="timeout") from None
         except httpx2.HTTPError as err:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from llm_consumer.errors import PermanentFailure, ServiceError, TransientFailure
 from llm_consumer.images.processing import CONTENT_TYPES, sniff_format
+from llm_consumer.lazy import lazy_module
 from llm_consumer.providers.images_base import (
     ImageJob,
     ImageResult,
@@ -28,6 +28,11 @@ from llm_consumer.providers.images_base import (
 )
 from llm_consumer.providers.openai_errors import retry_after_seconds
 from llm_consumer.tracing import outgoing
+
+if TYPE_CHECKING:
+    import httpx2
+else:  # loaded when a GetImg provider is made (a worker with no GetImg key never loads it)
+    httpx2 = lazy_module("httpx2")
 
 V1_FAMILIES: dict[str, str] = {
     "stable-diffusion-v1-5": "stable-diffusion",
