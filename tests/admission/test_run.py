@@ -119,7 +119,8 @@ async def test_the_same_question_by_another_request_is_a_cache_hit(guard: Guard)
     assert handler.calls == 1
     data = hit.replies[0].data
     assert isinstance(data, ContentGenerated) and data.cached
-    assert len(running_statuses(emitted)) == 1
+    assert running_statuses(emitted) == [], "a hit waits on nothing: no job.status running"
+    assert [e.type for e in hit.events] == [catalog.CONTENT_GENERATED]
 
 
 async def test_another_callers_request_with_the_same_id_runs_on_its_own(guard: Guard) -> None:

@@ -11,6 +11,8 @@ Before the provider is paid there are three Redis round trips on a cache miss an
 single-flight claim, then every rate-limit scope at once), and one after (`Admission.finish`,
 which also records the final events in the job ledger). The job is claimed in one place, the
 admission's first question; a request following a local leader asks it with no scopes.
+A cache hit is answered at once, so its job goes straight to `completed`: `running` is published
+only for a request that waits (on the provider, a leader or a rate limit), and once.
 Identical requests on this replica wait on the local leader without any Redis call; followers
 (local or on other replicas) answer with the leader's result marked `cached: true`, since they
 did not pay for it. `cache: false` skips the lookup and single-flight (a fresh answer is
@@ -115,9 +117,9 @@ class _Run:
                 raise
             if isinstance(verdict, Known):
                 return verdict.claim
-            ask = await self._running(ask)
-            if isinstance(verdict, Hit):
+            if isinstance(verdict, Hit):  # answered at once: `completed` with no `running`
                 return await self._answer(verdict.stored), verdict.stored
+            ask = await self._running(ask)
             if isinstance(verdict, Admitted):
                 return await self._compute(ask, verdict)
             outcome = await self.guard.admission.await_leader(ask, verdict.generation, deadline,
