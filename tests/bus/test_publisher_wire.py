@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import aio_pika
 import orjson
+from pamqp.commands import Basic
 
 from llm_consumer.app import caller_rules, open_broker
-from llm_consumer.bus.publisher import Publisher
+from llm_consumer.bus.publisher import Outgoing, Publisher, send
 from llm_consumer.events import catalog
 from llm_consumer.events.envelope import CLOUDEVENTS_CONTENT_TYPE, encode, new_event
 from llm_consumer.events.results import TokenUsage, ValidationCompleted
@@ -57,3 +58,29 @@ async def _get(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomi
             return message
         await asyncio.sleep(0.05)
     raise AssertionError(f"nothing arrived in {queue.name}")
+
+
+async def test_publishes_at_once_on_one_channel_do_not_wait_for_the_connection_writer(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """aiormq's write queue of 10 frames made a burst of publishes on one channel leave one per
+    turn of the event loop, each waiting behind the channel's lock (bus/nodes.py)."""
+    settings = settings_factory()
+    async with open_broker(settings) as broker:
+        peer = await broker.notice_channel.declare_queue(exclusive=True)
+        await peer.bind(broker.notice_hub, routing_key="test.burst")
+        sends = [asyncio.create_task(send(broker.notice_channel, broker.notice_hub.name,
+                                          Outgoing(b"{}", Basic.Properties()), "test.burst",
+                                          mandatory=False)) for _ in range(500)]
+        for _ in range(5):  # a few turns of the loop; each send needs none when nothing waits
+            await asyncio.sleep(0)
+        done = sum(task.done() for task in sends)
+        await asyncio.gather(*sends)
+        assert done == 500, f"{done} of 500 publishes left within five turns of the loop"
+        arrived = 0
+        for _ in range(100):  # and all of them reach the broker
+            arrived = (await peer.declare()).message_count or 0
+            if arrived == 500:
+                break
+            await asyncio.sleep(0.05)
+        assert arrived == 500

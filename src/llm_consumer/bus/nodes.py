@@ -10,6 +10,8 @@ none does), and on every reconnection attempt the next one, so a robust connecti
 died comes back on a surviving node, and its robust channels restore their queues, bindings and
 consumers there by themselves. aio-pika's RobustConnection takes one URL; the subclass below
 moves its `url` to the next node before each connection attempt.
+
+Its connections also get a longer write queue than aiormq's (see `widen_write_queue`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import aiormq.connection
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aio_pika.robust_connection import RobustConnection
@@ -26,6 +29,26 @@ from yarl import URL
 _COMPACT = re.compile(r"^(?P<scheme>amqps?)://(?:(?P<userinfo>[^@/]*)@)?(?P<hosts>[^/?#]*)"
                       r"(?P<rest>[/?#].*)?$")
 _HOST = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>\d{1,5}))?$")
+
+
+# Frames (publishes, acks) a connection holds for its writer task; aiormq's own is 10.
+WRITE_QUEUE_FRAMES = 4096
+
+
+def widen_write_queue(frames: int = WRITE_QUEUE_FRAMES) -> None:
+    """Give the connections made from now on a write queue of `frames`.
+
+    aiormq hands every outgoing frame of a connection to its writer task through a queue of
+    `Connection.FRAME_BUFFER_SIZE` (10) frames. A publish that finds it full waits there while
+    holding its channel's lock, so every publish behind it on that channel waits too, and the
+    writer takes one frame per turn of the event loop from them. With hundreds of requests in
+    flight a turn takes milliseconds: at 64 in flight, a `job.status` notice took 50-100 ms to
+    leave, and the full path ran at two thirds of the rate it reaches without the wait. The
+    frames are bytes already built, and results still wait for the broker's confirms, so a
+    longer queue only lets the writer take what is ready. aiormq.connect takes no size for it,
+    hence its class constant."""
+    if frames > aiormq.connection.Connection.FRAME_BUFFER_SIZE:
+        aiormq.connection.Connection.FRAME_BUFFER_SIZE = frames
 
 
 class InvalidNodes(ValueError):
@@ -82,6 +105,7 @@ class RoundRobinConnection(RobustConnection):
 async def connect_nodes(urls: Sequence[str], *, timeout_s: float = 10,
                         **kwargs: Any) -> AbstractRobustConnection:
     """A robust connection to the first node that answers; the last error when none does."""
+    widen_write_queue()
     failure: BaseException | None = None
     for first in range(len(urls)):
         connection = RoundRobinConnection(urls, first=first, **kwargs)
