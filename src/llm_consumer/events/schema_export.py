@@ -360,8 +360,11 @@ Regenerate with `llm-consumer schemas`; `llm-consumer schemas --check` and
 - A request over a rate limit is deferred, not failed: `job.status` `deferred` with the same
   `attempt`, a delay-queue trip (`x-deferred-s` adds up the wait), and `generation.failed`
   `rate_limited` only past RATE_LIMIT_MAX_WAIT_S. Answers from the cache or from an identical
-  request in flight at the same time have `cached: true`. `rate_limit.*` notices carry no
-  `request_id`: they are about a scope and key, at most one per second for each.
+  request in flight at the same time have `cached: true`. `job.status` `running` is sent when a
+  request waits (on its provider, an identical request's leader or a rate limit); a cache hit is
+  answered at once and its job goes straight to `completed`, without `running`. `rate_limit.*`
+  notices carry no `request_id`: they are about a scope and key, at most one per second for
+  each.
 - Results that no queue can take are kept in `{unrouted}` (bounded, oldest dropped first).
 - Failures after the attempt limit, and rejected messages, go to `{dead}` with the headers
   `x-error-code` and `x-error-message`.
