@@ -16,7 +16,7 @@ from llm_consumer.events import catalog
 from llm_consumer.store.keys import Keys
 from tests.conftest import REDIS_URL, Service, token
 from tests.fakes.openai_server import content_policy, reply
-from tests.hub import publish_raw
+from tests.hub import publish_raw, tap
 
 SHEET = {"context": {"name": "Mira Thornvale", "race": "Half-Elf", "class": "Rogue"},
          "theme": {"preset": "dark-fantasy"}}
@@ -79,6 +79,22 @@ async def test_hit_miss_and_bypass(openai_service: Any, fake_openai: Any) -> Non
     assert result_of(await service.request("character.backstory", explicit))["cached"] is True, (
         "naming the default model is the same request")
     assert len(fake_openai.chat_requests) == 4
+
+
+async def test_a_hit_tells_the_hub_completed_without_running(
+        openai_service: Any, fake_openai: Any) -> None:
+    service: Service = await openai_service()
+    async with tap(service.settings) as hub:
+        miss = (await service.request("campaign.quest", SHEET)).request["id"]
+        hit = (await service.request("campaign.quest", SHEET)).request["id"]
+        states = {}
+        for request_id, count in ((miss, 2), (hit, 1)):  # the last one: completed
+            await hub.wait_for(catalog.JOB_STATUS, request_id, count=count)
+            states[request_id] = [e["data"]["state"]
+                                  for e in hub.of_type(catalog.JOB_STATUS, request_id)]
+    assert len(fake_openai.chat_requests) == 1
+    assert states[miss] == ["running", "completed"]
+    assert states[hit] == ["completed"], "a hit waits on nothing: no running"
 
 
 async def test_invalidate_one_kind_or_all(openai_service: Any, fake_openai: Any) -> None:
