@@ -1,8 +1,9 @@
 """Modules imported on first use (the standard library's LazyLoader).
 
-A worker serving text never touches Pillow (about 2.5 MB of RSS) or jsonschema (about 2 MB,
-only a chat request with a `response_schema` needs it); each worker process would pay for them
-at start otherwise. A module named here is loaded by the first attribute read on it.
+A worker serving text never touches Pillow (about 2.5 MB of RSS), httpx2 (about 3 MB, for
+source images and GetImg) or jsonschema (about 2 MB, only a chat request with a
+`response_schema` needs it); each worker process would pay for them at start otherwise. A
+module named here is loaded by the first attribute read on it.
 
 Before Python 3.12 LazyLoader is not thread-safe: a second thread reading the module while the
 first runs its code sees it half-built. Image work runs in threads (`asyncio.to_thread`), so the
