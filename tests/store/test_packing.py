@@ -22,7 +22,8 @@ from llm_consumer.store.packing import (
 from tests.conftest import REDIS_URL
 
 ARGUMENT = st.one_of(st.text(), st.binary(), st.integers(), st.floats(allow_nan=False),
-                     st.floats(allow_nan=False).map(lambda f: -f))
+                     st.floats(allow_nan=False).map(lambda f: -f),
+                     st.binary().map(bytearray), st.binary().map(memoryview))
 
 
 def wire(connection: Connection, *args: object) -> bytes:
@@ -30,7 +31,7 @@ def wire(connection: Connection, *args: object) -> bytes:
 
 
 @settings(max_examples=300, deadline=None)
-@given(command=st.sampled_from(["EVALSHA", "SET", "HSET", b"GET"]),
+@given(command=st.sampled_from(["EVALSHA", "SET", "HSET", b"GET", "SCRIPT LOAD", b"CLIENT ID"]),
        args=st.lists(ARGUMENT, max_size=60))
 def test_the_same_bytes_as_redis_pys_packer(command: str | bytes, args: list[object]) -> None:
     assert wire(PackedConnection(), command, *args) == wire(Connection(), command, *args)

