@@ -45,6 +45,7 @@ from perf.phases import (
     round_trips,
     say,
     throughput,
+    without_index,
 )
 from perf.procs import ROOT, load_average, rss_mib
 from perf.rates import platform_runs, streaming
@@ -92,7 +93,8 @@ def serializable(results: dict[str, Any]) -> dict[str, Any]:
                  "loadgen_cpu_share": w.loadgen_cpu_share} for w in items]
 
     out = dict(results)
-    out["throughput"] = {k: windows(v) for k, v in results["throughput"].items()}
+    for phase in ("throughput", "without_index"):
+        out[phase] = {k: windows(v) for k, v in results[phase].items()}
     slow = dict(results["concurrency"])
     slow["runs"] = {str(k): windows(v) for k, v in slow["runs"].items()}
     slow["b0_slow"] = windows(slow["b0_slow"])
@@ -136,6 +138,8 @@ async def run(plan: Plan, *, with_profile: bool, work_dir: Path) -> dict[str, An
         say(f"platform rate: {plan.platform_rate:g} req/s for {plan.platform_s:g}s, provider "
             f"5 s; B0, then the service with {plan.platform_workers} workers")
         results["platform"] = await platform_runs(gen, stack, plan, b0_slow)
+        say("without the queue index: the service restarted with QUEUE_INDEX=false")
+        results["without_index"] = await without_index(gen, stack, plan, b0)
     finally:
         collector.cancel()
         results["redis_unavailable_events"] = stack.degraded_events()

@@ -16,7 +16,7 @@ from perf import profile
 from perf.loadgen import LoadGen, Target, Window, fresh_context, pooled_context
 from perf.procs import ROOT, peak_rss_mib, reset_peak_rss
 from perf.report import percentile
-from perf.stack import PROVIDER_DELAY_S, Stack
+from perf.stack import PROVIDER_DELAY_S, Stack, delete_index_queue
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -81,6 +81,26 @@ async def throughput(gen: LoadGen, stack: Stack, plan: Plan, b0: Target,
                 say(f"[red]warning: {extra} provider calls during a cache-hit run[/]")
             runs[name].append(window)
             say(f"throughput {rep + 1}/{plan.reps} {name:4} {brief(window)}")
+            stack.check_alive()
+    return runs
+
+
+async def without_index(gen: LoadGen, stack: Stack, plan: Plan,
+                        b0: Target) -> dict[str, list[Window]]:
+    """The full path once more with `QUEUE_INDEX=false`, interleaved with B0: what the queue
+    index costs (a second delivery of each request and two Redis round trips). The service is
+    restarted with one worker and the index's queue deleted, so the broker copies nothing."""
+    await stack.start_service(workers=1, settings={"QUEUE_INDEX": "false"})
+    await delete_index_queue(stack.names)
+    assert stack.service is not None
+    service = Target("no index", stack.names.hub, stack.service.pid)
+    runs: dict[str, list[Window]] = {"b0": [], "full": []}
+    for rep in range(plan.reps):
+        for name, target in (("b0", b0), ("full", service)):
+            window = await gen.closed_loop(target, in_flight=plan.in_flight,
+                                           warmup_s=plan.warmup_s, measure_s=plan.measure_s)
+            runs[name].append(window)
+            say(f"without the queue index {rep + 1}/{plan.reps} {name:4} {brief(window)}")
             stack.check_alive()
     return runs
 

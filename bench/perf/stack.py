@@ -103,9 +103,10 @@ class Stack:
         self.b0_slow = await self._b0("b0-slow", self.names.b0_slow_exchange,
                                       self.names.b0_slow_queue, PROVIDER_DELAY_S)
 
-    async def start_service(self, *, workers: int) -> None:
-        """`llm-consumer run --workers N`, ready once its (merged) health file is written; a
-        running service is stopped first (it shares the work queue)."""
+    async def start_service(self, *, workers: int, settings: dict[str, str] | None = None) -> None:
+        """`llm-consumer run --workers N` (with `settings` over the benchmark's), ready once its
+        (merged) health file is written; a running service is stopped first (it shares the
+        work queue)."""
         if self.service is not None:
             self.service.stop()
         health = self.work_dir / "health.json"
@@ -114,7 +115,8 @@ class Stack:
         health.unlink(missing_ok=True)
         self.service = spawn(f"service-{workers}w",
                              ["-m", "llm_consumer", "run", "--workers", str(workers)],
-                             service_env(self.names, self.provider_url, health), self.work_dir)
+                             {**service_env(self.names, self.provider_url, health),
+                              **(settings or {})}, self.work_dir)
         await wait_for_file(self.service, health)
 
     async def _b0(self, name: str, exchange: str, queue: str, delay_s: float) -> Child:
@@ -166,6 +168,17 @@ class Stack:
             (self.work_dir / name).unlink(missing_ok=True)
         await delete_broker_objects(self.names)
         await delete_redis_keys(self.names.redis_prefix)
+
+
+async def delete_index_queue(names: Names) -> None:
+    """The queue index's queue: the broker keeps copying requests into it while it is bound,
+    whether or not a service reads it."""
+    index = build_topology(names.queue_prefix, names.hub).index
+    assert index is not None
+    connection = await aio_pika.connect(HUB_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(index.name)
 
 
 def bench_token() -> str:

@@ -30,6 +30,18 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
         Row("service, cache hit", "throughput", f"{hit:.0f} req/s",
             f"{hit_ratio:.2f} x B0 (target >= 0.8)", at_least(hit_ratio, 0.8), hit_ratio),
     ]
+    bare = results["without_index"]
+    bare_ratio = median(ratios(bare["full"], bare["b0"]))
+    bare_cpu = median([w.cpu_us_per_request for w in bare["full"]])
+    bare_b0_cpu = median([w.cpu_us_per_request for w in bare["b0"]])
+    rows += [
+        Row("service, full path, QUEUE_INDEX=false", "throughput",
+            f"{median([w.throughput for w in bare['full']]):.0f} req/s",
+            f"{bare_ratio:.2f} x B0 (the index on: {full_ratio:.2f})", value=bare_ratio),
+        Row("cost, full path, QUEUE_INDEX=false", "CPU per request", f"{bare_cpu:.0f} µs",
+            f"{bare_cpu / bare_b0_cpu:.1f} x B0 (the index on: {cpu['full']:.0f} µs)",
+            value=bare_cpu),
+    ]
     slow = results["concurrency"]
     for level, windows in slow["runs"].items():
         efficiency = median([w.throughput / (level / PROVIDER_DELAY_S) for w in windows])
@@ -84,8 +96,8 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
             value=results["service_rss_at_start_mb"]),
     ]
     rows += platform_rows(results, cpu["b0"])
-    every = [w for group in (*runs.values(), *slow["runs"].values(), slow["b0_slow"])
-             for w in group]
+    every = [w for group in (*runs.values(), *bare.values(), *slow["runs"].values(),
+                             slow["b0_slow"]) for w in group]
     failed = sum(w.failed for w in every) + sum(r["failed"] for r in lat["reps"])
     lost = sum(w.lost for w in every) + sum(r["lost"] for r in lat["reps"])
     extra = [results["streaming"], *results["platform"].values()]
