@@ -188,38 +188,51 @@ def health(
     """
     settings = load()
     checks, beats = run_command(_health(settings, wait, as_json), settings)
-    statuses = [status for _, status in checks] + [
-        str(s) for b in beats for s in b["data"]["components"].values()]
     if as_json:
         for name, status in checks:
             json_line({"check": name, "status": status})
         for beat in beats:
             json_line(beat["data"])
     else:
-        rows = [["(this check)", name, status, "", "", "", "", ""] for name, status in checks]
-        for beat in beats:
-            data, counts = beat["data"], beat["data"]["metrics"]
-            for index, (name, status) in enumerate(sorted(data["components"].items())):
-                first = index == 0
-                rows.append([str(data["instance"]) if first else "", name, str(status),
-                             str(counts["in_flight"]) if first else "",
-                             str(counts["processed"]) if first else "",
-                             f"{counts.get('request_rate', 0):.2f}" if first else "",
-                             f"{counts['error_rate']:.1%}" if first else "",
-                             str(counts["p95_ms"]) if first else ""])
         show_rows("llm-consumer health", ("instance", "component", "status", "in flight",
-                                          "processed", "req/s", "error rate", "p95 ms"), rows,
+                                          "processed", "req/s", "error rate", "p95 ms"),
+                  _health_rows(checks, beats),
                   right=frozenset({"in flight", "processed", "req/s", "error rate", "p95 ms"}))
         _show_targets(beats)
     if not beats:
         err.print(f"no heartbeat from any instance within {wait:g}s")
+    code = _health_exit(checks, beats)
+    if code is not Exit.OK:
+        raise typer.Exit(int(code))
+
+
+def _health_rows(checks: list[tuple[str, str]], beats: list[dict[str, Any]],
+                 ) -> list[list[str]]:
+    """This check's own rows, then one per component of each instance, its figures on the
+    instance's first row."""
+    rows = [["(this check)", name, status, "", "", "", "", ""] for name, status in checks]
+    for beat in beats:
+        data, counts = beat["data"], beat["data"]["metrics"]
+        figures = [str(counts["in_flight"]), str(counts["processed"]),
+                   f"{counts.get('request_rate', 0):.2f}", f"{counts['error_rate']:.1%}",
+                   str(counts["p95_ms"])]
+        for index, (name, status) in enumerate(sorted(data["components"].items())):
+            rows.append([str(data["instance"]) if index == 0 else "", name, str(status),
+                         *(figures if index == 0 else [""] * len(figures))])
+    return rows
+
+
+def _health_exit(checks: list[tuple[str, str]], beats: list[dict[str, Any]]) -> Exit:
+    """This check's own broker or Redis down first (as every command's), then any component
+    of any instance down, or no heartbeat at all."""
     own = dict(checks)
-    if own.get("broker") == "down":  # this check's own connection: as every command's
-        raise typer.Exit(int(Exit.BROKER))
+    if own.get("broker") == "down":
+        return Exit.BROKER
     if own.get("redis") == "down":
-        raise typer.Exit(int(Exit.REDIS))
-    if not beats or "down" in statuses:
-        raise typer.Exit(int(Exit.FAILED))
+        return Exit.REDIS
+    statuses = [status for _, status in checks] + [
+        str(s) for b in beats for s in b["data"]["components"].values()]
+    return Exit.FAILED if not beats or "down" in statuses else Exit.OK
 
 
 def _show_targets(beats: list[dict[str, Any]]) -> None:
