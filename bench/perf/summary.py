@@ -30,17 +30,17 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
         Row("service, cache hit", "throughput", f"{hit:.0f} req/s",
             f"{hit_ratio:.2f} x B0 (target >= 0.8)", at_least(hit_ratio, 0.8), hit_ratio),
     ]
-    bare = results["without_index"]
-    bare_ratio = median(ratios(bare["full"], bare["b0"]))
-    bare_cpu = median([w.cpu_us_per_request for w in bare["full"]])
-    bare_b0_cpu = median([w.cpu_us_per_request for w in bare["b0"]])
+    no_index = results["without_index"]
+    no_index_ratio = median(ratios(no_index["full"], no_index["b0"]))
+    no_index_cpu = median([w.cpu_us_per_request for w in no_index["full"]])
+    no_index_b0_cpu = median([w.cpu_us_per_request for w in no_index["b0"]])
     rows += [
         Row("service, full path, QUEUE_INDEX=false", "throughput",
-            f"{median([w.throughput for w in bare['full']]):.0f} req/s",
-            f"{bare_ratio:.2f} x B0 (the index on: {full_ratio:.2f})", value=bare_ratio),
-        Row("cost, full path, QUEUE_INDEX=false", "CPU per request", f"{bare_cpu:.0f} µs",
-            f"{bare_cpu / bare_b0_cpu:.1f} x B0 (the index on: {cpu['full']:.0f} µs)",
-            value=bare_cpu),
+            f"{median([w.throughput for w in no_index['full']]):.0f} req/s",
+            f"{no_index_ratio:.2f} x B0 (the index on: {full_ratio:.2f})", value=no_index_ratio),
+        Row("cost, full path, QUEUE_INDEX=false", "CPU per request", f"{no_index_cpu:.0f} µs",
+            f"{no_index_cpu / no_index_b0_cpu:.1f} x B0 (the index on: {cpu['full']:.0f} µs)",
+            value=no_index_cpu),
     ]
     slow = results["concurrency"]
     for level, windows in slow["runs"].items():
@@ -96,7 +96,7 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
             value=results["service_rss_at_start_mb"]),
     ]
     rows += platform_rows(results, cpu["b0"])
-    every = [w for group in (*runs.values(), *bare.values(), *slow["runs"].values(),
+    every = [w for group in (*runs.values(), *no_index.values(), *slow["runs"].values(),
                              slow["b0_slow"]) for w in group]
     failed = sum(w.failed for w in every) + sum(r["failed"] for r in lat["reps"])
     lost = sum(w.lost for w in every) + sum(r["lost"] for r in lat["reps"])

@@ -4,8 +4,9 @@ redis-py's synchronous connection packs commands with hiredis when it is install
 (`HiredisRespSerializer`); its asyncio connection always packs them in Python, about a
 microsecond per argument. A request sends about a hundred arguments (the rate-limit script
 alone takes four keys and four values per scope), and packing took 6% of a worker's CPU at the
-platform rate (py-spy). These connection classes pack with redis-py's own serializer: the same
-bytes, and the same DataError for a value that cannot be sent (tests/store/test_packing.py).
+platform rate (py-spy). These connection classes pack with hiredis, through redis-py's own
+serializer where it has something to convert: the same bytes, and the same DataError for a
+value that cannot be sent (tests/store/test_packing.py).
 
 Redis Cluster builds its nodes' connections itself (RedisCluster takes no connection class), and
 a `rediss://` standalone URL gets redis-py's TLS connection whatever is asked: both keep the
